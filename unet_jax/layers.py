@@ -1,0 +1,125 @@
+"""Primitive ops of the U-Net, each in a formulation that XLA runs well.
+
+Every op here computes exactly what the paper's layer computes; only the
+formulation differs from the textbook one (see docs/performance.md and
+../shared/docs/PERFORMANCE-NOTES.md for the measurements behind each choice).
+Kernels keep the standard Flax layouts so parameters stay portable:
+
+* 3x3 conv kernel ``[3, 3, C_in, C_out]`` (HWIO), VALID (unpadded).
+* 2x2 stride-2 up-convolution kernel ``[2, 2, C_in, C_out]`` with the convention
+  ``y[n, 2h+a, 2w+b, o] = sum_c x[n, h, w, c] * k[a, b, c, o] + bias[o]``.
+  (Note: ``flax.linen.ConvTranspose`` uses the spatially flipped kernel.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
+  """Crops ``x`` ``[N, H, W, C]`` to ``[N, height, width, C]`` around its centre.
+
+  The paper crops the encoder map symmetrically before concatenation; with
+  valid input sizes the difference ``H - height`` is always even.
+  """
+  dh, dw = x.shape[1] - height, x.shape[2] - width
+  if dh < 0 or dw < 0:
+    raise ValueError(f"cannot crop {x.shape[1:3]} to ({height}, {width})")
+  top, left = dh // 2, dw // 2
+  return x[:, top:top + height, left:left + width, :]
+
+
+# --------------------------------------------------------------------------
+# Reference formulations: the textbook ops, used by tests as the definition.
+# --------------------------------------------------------------------------
+
+
+def conv_valid_reference(x: jax.Array, kernel: jax.Array,
+                         bias: jax.Array | None = None) -> jax.Array:
+  """VALID 2-D convolution, stride 1. ``x`` [N, H, W, C_in] -> [N, H-kh+1, W-kw+1, C_out]."""
+  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "VALID",
+                               dimension_numbers=_DN)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def upconv2x2_reference(x: jax.Array, kernel: jax.Array,
+                        bias: jax.Array | None = None) -> jax.Array:
+  """2x2 stride-2 up-convolution via ``lax.conv_transpose`` [N, H, W, C] -> [N, 2H, 2W, O]."""
+  # conv_transpose applies the kernel flipped relative to our convention.
+  y = lax.conv_transpose(x, kernel[::-1, ::-1].astype(x.dtype), (2, 2), "VALID",
+                         dimension_numbers=_DN)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def max_pool2x2_reference(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, via ``reduce_window``. [N, H, W, C] -> [N, H/2, W/2, C]."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+# --------------------------------------------------------------------------
+# Fast formulations (the defaults of the model).
+# --------------------------------------------------------------------------
+
+
+def conv3x3_valid(x: jax.Array, kernel: jax.Array,
+                  bias: jax.Array | None = None) -> jax.Array:
+  """VALID 3x3 conv as a SAME conv followed by a 1-px crop on each side.
+
+  XLA:CPU runs SAME-padded convolutions about 2-3x faster than VALID ones; the
+  border pixels of the SAME output are simply discarded, so the result equals
+  the VALID convolution exactly (up to float summation order).
+
+  Args:
+    x: ``[N, H, W, C_in]``.
+    kernel: ``[3, 3, C_in, C_out]``.
+    bias: ``[C_out]`` or None.
+  Returns:
+    ``[N, H-2, W-2, C_out]``.
+  """
+  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
+                               dimension_numbers=_DN)
+  y = y[:, 1:-1, 1:-1, :]
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def conv1x1(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """1x1 conv as a channel matmul. ``kernel`` [1, 1, C_in, C_out]."""
+  y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0].astype(x.dtype))
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def upconv2x2(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """2x2 stride-2 up-convolution as one per-pixel matmul (einsum + reshape).
+
+  ``y[n, 2h+a, 2w+b, o] = sum_c x[n, h, w, c] k[a, b, c, o]``. Its backward pass
+  is two matmuls, against XLA:CPU's slow ``ConvTranspose`` gradient.
+
+  Args:
+    x: ``[N, H, W, C_in]``.
+    kernel: ``[2, 2, C_in, C_out]``.
+    bias: ``[C_out]`` or None.
+  Returns:
+    ``[N, 2H, 2W, C_out]``.
+  """
+  n, h, w, _ = x.shape
+  y = jnp.einsum("nhwc,abco->nhawbo", x, kernel.astype(x.dtype))
+  y = y.reshape(n, 2 * h, 2 * w, kernel.shape[-1])
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def max_pool2x2(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 max-pool as reshape + max (its gradient avoids select-and-scatter).
+
+  Args:
+    x: ``[N, H, W, C]`` with even H and W.
+  Returns:
+    ``[N, H/2, W/2, C]``.
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max-pool input must have even size, got {h}x{w}")
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

@@ -1,0 +1,190 @@
+"""The U-Net of Ronneberger et al. (MICCAI 2015, Fig. 1) as a Flax linen module.
+
+Faithful to the paper: unpadded (VALID) 3x3 convolutions each followed by ReLU,
+2x2 max-pooling, dropout at the end of the contracting path, 2x2 up-convolutions
+that halve the channels, concatenation with the centre-cropped encoder map, and
+a final 1x1 convolution: 23 convolutions in all (depth 4). He-normal init
+(std = sqrt(2 / fan_in), paper Sec. 3).
+
+Dropout placement (the paper only says "at the end of the contracting path";
+we follow the authors' released Caffe model): dropout with ``dropout_rate`` is
+applied to the output of the deepest encoder level (512 channels at depth 4)
+*before* it is used both as skip connection and pooled, and to the output of
+the bottleneck (1024 channels). It is active only with ``train=True`` and draws
+from the PRNG stream ``"dropout"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unet_jax import layers
+
+Dtype = Any
+
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+# --------------------------------------------------------------------------
+# Valid tile sizes.
+# --------------------------------------------------------------------------
+
+
+def _output_size_or_none(input_size: int, depth: int) -> int | None:
+  """Traces one spatial side through the net; None if some layer does not fit."""
+  s = int(input_size)
+  for _ in range(depth):
+    s -= 4  # two VALID 3x3 convs
+    if s <= 0 or s % 2:
+      return None
+    s //= 2  # 2x2 max-pool
+  s -= 4  # bottleneck
+  if s <= 0:
+    return None
+  for _ in range(depth):
+    s = 2 * s - 4  # up-conv, then two VALID 3x3 convs
+    if s <= 0:
+      return None
+  return s
+
+
+def nearest_valid_sizes(input_size: int, depth: int = 4) -> tuple[int | None, int]:
+  """The closest valid input sizes below (None if none) and above ``input_size``."""
+  below = next((s for s in range(int(input_size) - 1, 0, -1)
+                if _output_size_or_none(s, depth) is not None), None)
+  above = valid_input_size(int(input_size) + 1, depth)
+  return below, above
+
+
+def output_size(input_size: int, depth: int = 4) -> int:
+  """Output side of the U-Net for an input side ``input_size``.
+
+  For depth 4, valid inputs are 16k + 188 and the output is input - 184
+  (572 -> 388).
+
+  Raises:
+    ValueError: if ``input_size`` is not a valid size; the message names the
+      nearest valid sizes.
+  """
+  out = _output_size_or_none(input_size, depth)
+  if out is None:
+    below, above = nearest_valid_sizes(input_size, depth)
+    near = f"{below} or {above}" if below else f"{above}"
+    raise ValueError(
+        f"input size {input_size} is not valid for a depth-{depth} U-Net with "
+        f"unpadded convolutions (every pooled map must have an even size); "
+        f"nearest valid sizes: {near}")
+  return out
+
+
+def valid_input_size(min_size: int, depth: int = 4) -> int:
+  """Smallest valid input side >= ``min_size``."""
+  s = max(int(min_size), 1)
+  while _output_size_or_none(s, depth) is None:
+    s += 1
+  return s
+
+
+def border(depth: int = 4) -> int:
+  """Pixels lost on each side of the input (92 for depth 4)."""
+  s = valid_input_size(1, depth)
+  return (s - output_size(s, depth)) // 2
+
+
+# --------------------------------------------------------------------------
+# Layers with standard Flax kernels.
+# --------------------------------------------------------------------------
+
+
+class ConvKernel(nn.Module):
+  """A conv layer holding a standard ``[k, k, C_in, C_out]`` kernel and a bias.
+
+  ``op(x, kernel, bias)`` is the formulation used in the forward pass.
+  """
+  features: int
+  kernel_size: int
+  op: Callable[..., jax.Array]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", he_normal, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return self.op(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
+
+
+class UNet(nn.Module):
+  """The paper's U-Net.
+
+  Attributes:
+    num_classes: K, number of output classes (2 in the paper).
+    features: channels of the first level (64); doubled at every level.
+    depth: number of pooling steps (4).
+    dropout_rate: dropout at the end of the contracting path (0.5).
+    dtype: computation dtype (float32, or bfloat16 for mixed precision);
+      parameters are always float32 and logits are returned in float32.
+    reference_ops: use the textbook ops (VALID conv, reduce_window pooling,
+      conv_transpose) instead of the fast formulations; same parameters, same
+      outputs up to float tolerance. For tests and benchmarks.
+  """
+  num_classes: int = 2
+  features: int = 64
+  depth: int = 4
+  dropout_rate: float = 0.5
+  dtype: Dtype = jnp.float32
+  reference_ops: bool = False
+
+  def _ops(self):
+    if self.reference_ops:
+      return (layers.conv_valid_reference, layers.upconv2x2_reference,
+              layers.max_pool2x2_reference, layers.conv_valid_reference)
+    return layers.conv3x3_valid, layers.upconv2x2, layers.max_pool2x2, layers.conv1x1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Applies the net.
+
+    Args:
+      x: ``[N, H, W, C]`` with H, W valid input sizes (see ``output_size``).
+      train: enables dropout (needs the ``"dropout"`` PRNG stream).
+    Returns:
+      logits ``[N, H', W', num_classes]`` in float32, H' = output_size(H).
+    """
+    if x.ndim != 4:
+      raise ValueError(f"UNet expects input [N, H, W, C], got shape {x.shape}")
+    for side in x.shape[1:3]:
+      output_size(side, self.depth)  # raises a clear error for invalid sizes
+    conv3, upconv, pool, conv1 = self._ops()
+    dt = self.dtype
+
+    def double_conv(h, feats, name):
+      for i in range(2):
+        h = nn.relu(ConvKernel(feats, 3, conv3, dt, name=f"{name}_conv{i}")(h))
+      return h
+
+    def dropout(h):
+      return nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+
+    h = x.astype(dt)
+    skips = []
+    for level in range(self.depth):
+      h = double_conv(h, self.features * 2**level, f"down{level}")
+      if level == self.depth - 1:
+        h = dropout(h)
+      skips.append(h)
+      h = pool(h)
+    h = dropout(double_conv(h, self.features * 2**self.depth, "bottleneck"))
+    for level in reversed(range(self.depth)):
+      feats = self.features * 2**level
+      h = ConvKernel(feats, 2, upconv, dt, name=f"up{level}_upconv")(h)
+      skip = layers.center_crop(skips[level], h.shape[1], h.shape[2])
+      h = jnp.concatenate([skip, h], axis=-1)
+      h = double_conv(h, feats, f"up{level}")
+    logits = ConvKernel(self.num_classes, 1, conv1, dt, name="classifier")(h)
+    return logits.astype(jnp.float32)
