@@ -1,0 +1,154 @@
+"""Training input pipeline (grain) and the on-disk weight-map cache.
+
+Weight maps (paper Eq. 2) are computed once per training image with
+:func:`unet_jax.weight_maps.weight_map` and cached as ``.npy`` files in
+``config.cache_dir`` (else ``$UNET_JAX_CACHE``, else ``~/.cache/unet_jax``). The
+cache key hashes the dataset name, the image's name and the bytes of its
+image, instance and label maps, ``w0``, ``sigma`` and the class weights, so any
+change recomputes.
+
+The pipeline::
+
+    MapDataset.range(n).seed(config.seed).shuffle().repeat()
+      .random_map(sample).to_iter_dataset().batch(B)[.mp_prefetch(num_workers)]
+
+``sample`` cuts one augmented tile (:mod:`unet_jax.augment`) with the per-element
+``np.random.Generator`` grain derives from the seed and the element index, so
+the batch sequence depends only on ``config.seed`` (not on ``num_workers``),
+and the iterator's ``get_state()``/``set_state()`` (or orbax with
+``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``) resume it
+exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import sys
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from unet_jax import augment, model, weight_maps
+from unet_jax.datasets import SegmentationData
+from unet_jax.errors import UserInputError
+
+
+def cache_root(config) -> pathlib.Path:
+  """``config.cache_dir``, else ``$UNET_JAX_CACHE``, else ``~/.cache/unet_jax``."""
+  raw = str(config.get("cache_dir", "") or os.environ.get("UNET_JAX_CACHE", "")
+            or pathlib.Path.home() / ".cache" / "unet_jax")
+  return pathlib.Path(raw).expanduser()
+
+
+def class_weights_for(config, data: SegmentationData) -> np.ndarray:
+  """``[K]`` class weights: "balanced" (N / (K n_k) over ``data.labels``) or "none" (ones)."""
+  mode = str(config.class_weights)
+  if mode == "balanced":
+    return weight_maps.balanced_class_weights(list(data.labels), config.num_classes)
+  if mode == "none":
+    return np.ones(config.num_classes, np.float32)
+  raise UserInputError(f"config.class_weights = {mode!r}: choose 'balanced' or 'none'")
+
+
+def cache_key(dataset: str, name: str, arrays: Sequence[np.ndarray], w0: float, sigma: float,
+              class_weights: np.ndarray) -> str:
+  """Hex digest identifying one weight map."""
+  h = hashlib.sha256()
+  h.update(f"{dataset}|{name}|w0={float(w0)!r}|sigma={float(sigma)!r}|".encode())
+  h.update(np.asarray(class_weights, np.float64).tobytes())
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:32]
+
+
+def weights_for(config, data: SegmentationData, *,
+                class_weights: np.ndarray | None = None) -> list[np.ndarray]:
+  """Weight maps of paper Eq. 2 for every image of ``data``, from the disk cache.
+
+  Args:
+    config: ``w0``, ``sigma``, ``class_weights``, ``num_classes``, ``cache_dir``.
+    data: a split with ``instances`` and ``labels``.
+    class_weights: ``[K]`` (default: :func:`class_weights_for` on ``data``; pass
+      the training split's when ``data`` is a subset).
+  Returns:
+    float32 ``[H, W]`` per image.
+  """
+  if data.instances is None:
+    raise UserInputError(f"{data.dataset}: weight maps need labels, this split has none")
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  cw = class_weights_for(config, data) if class_weights is None else np.asarray(class_weights)
+  folder = cache_root(config) / "weight_maps"
+  folder.mkdir(parents=True, exist_ok=True)
+  paths = [folder / f"{data.dataset}-{cache_key(data.dataset, n, (img, inst, lab), config.w0, config.sigma, cw)}.npy"
+           for n, img, inst, lab in zip(data.names, data.images, data.instances, data.labels)]
+  todo = [i for i, p in enumerate(paths) if not p.is_file()]
+  for i in tqdm(todo, desc="weight maps", unit="img", disable=not sys.stderr.isatty()):
+    w = weight_maps.weight_map(data.instances[i], cw[:2], config.w0, config.sigma)
+    tmp = paths[i].with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, w)
+    os.replace(tmp, paths[i])  # atomic: parallel runs never see half a file
+  return [np.load(p) for p in paths]
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSampler:
+  """grain random map: image index -> one augmented training sample.
+
+  Holds the whole split in memory (numpy arrays pickle to grain workers).
+  """
+  images: tuple[np.ndarray, ...]
+  labels: tuple[np.ndarray, ...]
+  weights: tuple[np.ndarray, ...]
+  tile: int
+  out: int
+  params: augment.AugmentParams
+
+  def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image, label, weight = augment.augment_sample(
+        rng, self.images[index], self.labels[index], self.weights[index],
+        self.tile, self.out, self.params)
+    return {"image": image, "label": label, "weight": weight}
+
+
+def _read_options(batch_size: int) -> grain.ReadOptions:
+  # One background thread, two batches ahead: grain's default (16 threads, 500
+  # elements) would hold ~650 MB of 572x572 tiles and fight the train step for
+  # the CPU. Workers (num_workers > 0) add parallelism where it is wanted.
+  return grain.ReadOptions(num_threads=1, prefetch_buffer_size=2 * batch_size)
+
+
+def make_train_iterator(config, data: SegmentationData, *,
+                        weights: Sequence[np.ndarray] | None = None) -> grain.DatasetIterator:
+  """Endless iterator of augmented training batches.
+
+  Args:
+    config: ``tile_size``, ``depth``, ``batch_size``, ``seed``, ``num_workers``,
+      ``augment.*`` and the weight-map fields.
+    data: the training split.
+    weights: weight maps per image (default: :func:`weights_for`).
+  Returns:
+    A grain ``DatasetIterator`` (``get_state()``/``set_state()``) yielding
+    ``{"image": float32 [B, T, T, C], "label": int32 [B, O, O],
+    "weight": float32 [B, O, O]}`` with T = ``tile_size``, O its output size.
+  """
+  if not len(data):
+    raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
+  weights = weights_for(config, data) if weights is None else weights
+  tile = int(config.tile_size)
+  sampler = TileSampler(tuple(data.images), tuple(data.labels), tuple(np.asarray(w) for w in weights),
+                        tile, model.output_size(tile, config.depth),
+                        augment.AugmentParams.from_config(config.augment))
+  # Batch on the IterDataset: MapDataset.batch of an endless repeat() overflows len().
+  ds = (grain.MapDataset.range(len(data)).seed(int(config.seed)).shuffle().repeat()
+        .random_map(sampler)
+        .to_iter_dataset(_read_options(int(config.batch_size)))
+        .batch(int(config.batch_size)))
+  if int(config.num_workers) > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers)))
+  return iter(ds)

@@ -1,0 +1,497 @@
+"""Dataset readers, splits and normalisation; ``preview`` and ``download`` CLIs.
+
+``load_split(config, split)`` returns a :class:`SegmentationData` for
+``split`` in {"train", "val", "test"}:
+
+- ``images``: float32 ``[H, W, C]``, normalised (see below),
+- ``labels``: int32 ``[H, W]`` class ids (values outside [0, K) = ignore),
+- ``instances``: int32 ``[H, W]``, 0 = background, k > 0 = cell k (the input of
+  the border term of the weight map, paper Eq. 2).
+
+Datasets (``config.dataset``):
+
+- ``synthetic``: generated in-process (:mod:`unet_jax.synthetic`) from
+  ``config.seed`` and ``config.synthetic.{num_images,size,cells}``; label
+  1 = cell interior, 0 = membrane, like ISBI. Needs no data folder.
+- ``isbi2012``: ``train-volume.tif``, ``train-labels.tif`` and
+  ``test-volume.tif`` (multi-page TIFF) under ``DATA/isbi2012/`` or ``DATA/``.
+  Label 1 = cell interior (255 in the file), 0 = membrane (0); instances are the
+  4-connected components of the cell interior. "test" = ``test-volume.tif``,
+  images only.
+- ``dic_hela``, ``phc_u373``: Cell Tracking Challenge layout under
+  ``DATA/ctc/<NAME>/``, ``DATA/<NAME>/`` or ``DATA/`` itself, NAME =
+  DIC-C2DH-HeLa or PhC-C2DH-U373: frames ``01/tNNN.tif``, instance masks
+  ``01_ST/SEG/man_segNNN.tif`` (silver truth, all frames; ``ctc_truth = "st"``)
+  or ``01_GT/SEG/man_segNNN.tif`` (gold truth, a few frames; ``ctc_truth =
+  "gt"``: only frames that have a mask are used, and the split indices count
+  those frames). Several sequences: ``ctc_sequences = "01,02"`` (frames are
+  concatenated in that order). Label 1 = cell (mask > 0), 0 = background.
+  8- or 16-bit, LZW-compressed TIFFs are fine (tifffile + imagecodecs).
+- ``folder``: your own data. ``DATA/images/NAME.{tif,tiff,png}`` with a mask of
+  the same stem ``DATA/masks/NAME.{tif,tiff,png}``, sorted by name (the split
+  indices count in that order); optional ``DATA/test/*.{tif,tiff,png}`` for the
+  "test" split. A mask holding only {0, 1} or {0, 255} is binary (cells =
+  non-zero; instances = 4-connected components, so keep a background line
+  between touching cells); any other non-negative integer mask is an instance
+  map (0 = background, k > 0 = cell k). Label 1 = cell, 0 = background.
+
+Splits: ``config.train_indices`` / ``config.val_indices`` such as "0-24",
+"25-29" or "0,3,5-7" (inclusive ranges); "" = all images for "train" and none
+for "val". The data folder is ``config.data_dir``, else ``$UNET_JAX_DATA``.
+
+Normalisation: every image is normalised on its own, per channel, to zero mean
+and unit standard deviation. Per-image statistics need no dataset-wide pass,
+work the same for a user's single image at inference time, and remove the
+frame-to-frame brightness drift of the microscopy sequences (DIC-HeLa ranges
+29..255, other CTC sets are 16-bit) -- at the cost of a slight sensitivity to
+image content, which is small for 512x512 images full of cells.
+:func:`normalize` is public so that inference code applies the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import re
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from unet_jax import synthetic
+from unet_jax.errors import UserInputError
+from unet_jax.weight_maps import instances_from_binary
+
+DATASETS = ("synthetic", "isbi2012", "dic_hela", "phc_u373", "folder")
+CTC_NAMES = {"dic_hela": "DIC-C2DH-HeLa", "phc_u373": "PhC-C2DH-U373"}
+ISBI_FILES = {"train": ("train-volume.tif", "train-labels.tif"), "test": ("test-volume.tif", None)}
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+@dataclasses.dataclass
+class SegmentationData:
+  """One split of a dataset.
+
+  Attributes:
+    images: float32 ``[H, W, C]`` normalised images.
+    labels: int32 ``[H, W]`` class ids, or None (ISBI test set).
+    instances: int32 ``[H, W]`` instance ids (0 = background), or None.
+    names: one name per image (file or slice), for reports and the cache key.
+    num_channels: C.
+    dataset: ``config.dataset``.
+  """
+  images: list[np.ndarray]
+  labels: list[np.ndarray] | None
+  instances: list[np.ndarray] | None
+  names: list[str]
+  num_channels: int
+  dataset: str
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+# --------------------------------------------------------------------------
+# Small helpers: indices, data folder, reading files, normalisation.
+# --------------------------------------------------------------------------
+
+
+def parse_indices(spec: str, n: int, *, empty_means_all: bool, field: str = "indices"
+                  ) -> list[int]:
+  """Parses "0-24", "25-29", "0,3,5-7" (inclusive ranges) into sorted indices.
+
+  Args:
+    spec: the string ("" = all or nothing, see ``empty_means_all``).
+    n: number of available images; every index must be < n.
+    empty_means_all: what "" means.
+    field: config field name, for error messages.
+  Returns:
+    Sorted unique indices.
+  Raises:
+    UserInputError: on bad syntax or an index out of range.
+  """
+  spec = str(spec).strip()
+  if not spec:
+    return list(range(n)) if empty_means_all else []
+  out = set()
+  for part in spec.split(","):
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+    if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+      raise UserInputError(
+          f"config.{field} = {spec!r}: expected indices like '0-24' or '0,3,5-7' "
+          f"(inclusive ranges, comma-separated)")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    out.update(range(lo, hi + 1))
+  if max(out) >= n:
+    raise UserInputError(
+        f"config.{field} = {spec!r} asks for index {max(out)}, but the dataset has only "
+        f"{n} images (indices 0-{n - 1})")
+  return sorted(out)
+
+
+def download_hint(dataset: str, dest: pathlib.Path | str) -> str:
+  """The command that fetches ``dataset`` into ``dest``."""
+  name = {"isbi2012": "isbi2012", "dic_hela": "dic-hela", "phc_u373": "phc-u373"}.get(dataset)
+  if name is None:
+    return "put your images under DATA/images and masks under DATA/masks (see unet_jax/datasets.py)"
+  return f"get it with: python -m unet_jax.datasets download --dataset {name} --dest {dest}"
+
+
+def data_root(config) -> pathlib.Path:
+  """``config.data_dir``, else ``$UNET_JAX_DATA``; must be an existing folder."""
+  raw = str(config.get("data_dir", "") or os.environ.get("UNET_JAX_DATA", ""))
+  if not raw:
+    raise UserInputError(
+        f"no data folder for dataset {config.dataset!r}: set --config.data_dir=DIR or the "
+        f"environment variable UNET_JAX_DATA; {download_hint(config.dataset, 'DIR')}")
+  root = pathlib.Path(raw).expanduser()
+  if not root.is_dir() or not any(root.iterdir()):
+    raise UserInputError(
+        f"data folder {root} is missing or empty; {download_hint(config.dataset, root)}")
+  return root
+
+
+def read_image_file(path: pathlib.Path) -> np.ndarray:
+  """Reads a TIFF (all pages) or PNG file into an array.
+
+  Raises:
+    UserInputError: naming the file if it is missing, truncated or unreadable.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserInputError(f"file not found: {path}")
+  try:
+    if path.suffix.lower() in (".tif", ".tiff"):
+      import tifffile  # pylint: disable=g-import-not-at-top
+      return np.asarray(tifffile.imread(path))
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(path) as im:
+      return np.asarray(im)
+  except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
+    raise UserInputError(
+        f"cannot read {path} (truncated or corrupted file? {type(e).__name__}: {e}); "
+        f"download it again") from e
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """Per-image, per-channel zero mean and unit std (see the module docstring).
+
+  Args:
+    image: ``[H, W]`` or ``[H, W, C]``, any numeric dtype.
+  Returns:
+    float32 ``[H, W, C]``.
+  """
+  x = np.asarray(image, np.float64)
+  x = x[..., None] if x.ndim == 2 else x
+  mean = x.mean(axis=(0, 1), keepdims=True)
+  std = x.std(axis=(0, 1), keepdims=True)
+  return ((x - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+
+
+def _check_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 names: Sequence[str]) -> None:
+  """Same count and same H, W for images and masks."""
+  if len(images) != len(masks):
+    raise UserInputError(
+        f"{len(images)} images but {len(masks)} label images ({names[0] if names else ''}...): "
+        f"every image needs exactly one label image")
+  for img, mask, name in zip(images, masks, names):
+    if img.shape[:2] != mask.shape[:2]:
+      raise UserInputError(f"{name}: image is {img.shape[:2]} but its label is "
+                           f"{mask.shape[:2]}; they must have the same size")
+
+
+def _check_integer_mask(mask: np.ndarray, name: str) -> None:
+  if not np.issubdtype(mask.dtype, np.integer) or mask.ndim != 2 or mask.min() < 0:
+    raise UserInputError(
+        f"{name}: expected a 2-D mask of non-negative integers (0 = background, k > 0 = "
+        f"cell k), got dtype {mask.dtype}, shape {mask.shape}, min {mask.min()}")
+
+
+# --------------------------------------------------------------------------
+# Readers: each returns (raw images, instance maps or None, labels or None, names).
+# --------------------------------------------------------------------------
+
+Raw = tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray] | None, list[str]]
+
+
+def _read_synthetic(config, split: str) -> Raw:
+  del split
+  s = config.synthetic
+  images, instances = synthetic.generate(s.num_images, s.size, s.cells, config.seed)
+  labels = [(inst > 0).astype(np.int32) for inst in instances]
+  return images, instances, labels, [f"synthetic:{i:03d}" for i in range(len(images))]
+
+
+def _find_dir(root: pathlib.Path, candidates: Sequence[str], marker: str) -> pathlib.Path | None:
+  """First of ``root/c`` that contains ``marker``."""
+  for c in candidates:
+    if (root / c / marker).exists():
+      return root / c
+  return None
+
+
+def _read_isbi(config, split: str) -> Raw:
+  root = data_root(config)
+  volume, label_file = ISBI_FILES["test" if split == "test" else "train"]
+  folder = _find_dir(root, ("isbi2012", "."), volume)
+  if folder is None:
+    raise UserInputError(f"{volume} not found in {root} or {root / 'isbi2012'}; "
+                         f"{download_hint('isbi2012', root)}")
+  stack = read_image_file(folder / volume)
+  stack = stack[None] if stack.ndim == 2 else stack
+  names = [f"{volume}:{i:02d}" for i in range(len(stack))]
+  if label_file is None:
+    return list(stack), None, None, names
+  raw = read_image_file(folder / label_file)
+  raw = raw[None] if raw.ndim == 2 else raw
+  _check_pairs(stack, raw, [str(folder / volume)] * len(stack))
+  bad = np.setdiff1d(np.unique(raw), [0, 255])
+  if bad.size:
+    raise UserInputError(
+        f"{folder / label_file}: ISBI labels must be 0 (membrane) or 255 (cell interior), "
+        f"found also {bad[:5].tolist()}")
+  labels = [(lab == 255).astype(np.int32) for lab in raw]
+  return list(stack), [instances_from_binary(lab) for lab in labels], labels, names
+
+
+def _frame_number(path: pathlib.Path) -> int:
+  return int(re.findall(r"\d+", path.stem)[-1])
+
+
+def _read_ctc(config, split: str) -> Raw:
+  if split == "test":
+    raise UserInputError(f"dataset {config.dataset!r} has no 'test' split (only ISBI 2012 "
+                         f"has one); use 'val'")
+  name = CTC_NAMES[config.dataset]
+  root = data_root(config)
+  truth = str(config.get("ctc_truth", "st")).upper()
+  images, masks, names = [], [], []
+  for seq in str(config.get("ctc_sequences", "01")).split(","):
+    seq = seq.strip()
+    folder = _find_dir(root, (f"ctc/{name}", name, "."), seq)
+    if folder is None:
+      raise UserInputError(f"sequence folder {seq}/ of {name} not found under {root}; "
+                           f"{download_hint(config.dataset, root)}")
+    seg = folder / f"{seq}_{truth}" / "SEG"
+    mask_files = sorted(seg.glob("man_seg*.tif"))
+    if not mask_files:
+      other = "GT" if truth == "ST" else "ST"
+      hint = (f" ({seq}_{other}/SEG exists: set --config.ctc_truth={other.lower()})"
+              if (folder / f"{seq}_{other}" / "SEG").is_dir() else "")
+      raise UserInputError(f"no masks man_segNNN.tif in {seg}{hint}")
+    frames = {_frame_number(p): p for p in sorted((folder / seq).glob("t*.tif"))}
+    if truth == "ST" and len(frames) != len(mask_files):
+      raise UserInputError(
+          f"{folder / seq} has {len(frames)} frames but {seg} has {len(mask_files)} masks: "
+          f"silver truth needs one mask per frame (download again?)")
+    for mp in mask_files:
+      frame = frames.get(_frame_number(mp))
+      if frame is None:
+        raise UserInputError(f"{mp} has no matching frame t{_frame_number(mp):03d}.tif in "
+                             f"{folder / seq}")
+      images.append(frame)
+      masks.append(mp)
+      names.append(f"{seq}/{frame.stem}")
+  return images, masks, None, names
+
+
+def _load_ctc_files(images: list[pathlib.Path], masks: list[pathlib.Path]
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Reads the selected CTC frames and masks (reading is deferred to after the split)."""
+  imgs = [read_image_file(p) for p in images]
+  insts = [read_image_file(p) for p in masks]
+  for m, p in zip(insts, masks):
+    _check_integer_mask(m, str(p))
+  _check_pairs(imgs, insts, [str(p) for p in images])
+  return imgs, [m.astype(np.int32) for m in insts]
+
+
+def _folder_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_folder(config, split: str) -> Raw:
+  root = data_root(config)
+  if split == "test":
+    files = _folder_files(root / "test")
+    if not files:
+      raise UserInputError(f"no images (*.tif, *.tiff, *.png) in {root / 'test'}")
+    return files, None, None, [p.stem for p in files]
+  images = _folder_files(root / "images")
+  if not images:
+    raise UserInputError(f"no images (*.tif, *.tiff, *.png) in {root / 'images'}; "
+                         f"{download_hint('folder', root)}")
+  by_stem = {p.stem: p for p in _folder_files(root / "masks")}
+  missing = [p.name for p in images if p.stem not in by_stem]
+  if missing or len(by_stem) != len(images):
+    raise UserInputError(
+        f"{len(images)} images in {root / 'images'} but {len(by_stem)} masks in "
+        f"{root / 'masks'}; every image needs a mask with the same name"
+        + (f" (no mask for {missing[:3]})" if missing else ""))
+  return images, [by_stem[p.stem] for p in images], None, [p.stem for p in images]
+
+
+def _folder_instances(mask: np.ndarray, name: str) -> np.ndarray:
+  """Binary masks ({0,1} or {0,255}) -> connected components; others are instance maps."""
+  _check_integer_mask(mask, name)
+  values = np.unique(mask)
+  if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+    return instances_from_binary(mask > 0)
+  return mask.astype(np.int32)
+
+
+READERS = {"synthetic": _read_synthetic, "isbi2012": _read_isbi, "dic_hela": _read_ctc,
+           "phc_u373": _read_ctc, "folder": _read_folder}
+
+
+def _materialise(dataset: str, images: list, instances: list | None, labels: list | None,
+                 names: list[str]) -> tuple[list[np.ndarray], list | None, list | None]:
+  """Reads deferred files (CTC, folder) and derives labels from instances."""
+  if dataset in ("dic_hela", "phc_u373") and images:
+    images, instances = _load_ctc_files(images, instances)
+  elif dataset == "folder" and images:
+    images = [read_image_file(p) for p in images]
+    if instances is not None:
+      instances = [_folder_instances(read_image_file(p), str(p)) for p in instances]
+      _check_pairs(images, instances, names)
+  if instances is not None and labels is None:
+    labels = [(inst > 0).astype(np.int32) for inst in instances]
+  return images, instances, labels
+
+
+def load_split(config, split: str) -> SegmentationData:
+  """Loads one split of ``config.dataset``.
+
+  Args:
+    config: needs ``dataset``, ``data_dir``, ``train_indices``, ``val_indices``,
+      ``seed``, ``synthetic.*`` and, for CTC data, ``ctc_sequences``/``ctc_truth``.
+    split: "train", "val" or "test" ("test" = ISBI ``test-volume.tif`` or the
+      ``test/`` folder of a ``folder`` dataset: images only).
+  Returns:
+    :class:`SegmentationData`; ``labels``/``instances`` are None for "test".
+  Raises:
+    UserInputError: unknown dataset or split, missing data, unreadable files,
+      mismatched counts/sizes or unexpected label values.
+  """
+  if config.dataset not in READERS:
+    raise UserInputError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+  if split not in ("train", "val", "test"):
+    raise UserInputError(f"unknown split {split!r}; choose train, val or test")
+  images, instances, labels, names = READERS[config.dataset](config, split)
+  if split == "test":
+    keep = list(range(len(images)))
+  else:
+    field = f"{split}_indices"
+    keep = parse_indices(config.get(field, ""), len(images), empty_means_all=split == "train",
+                         field=field)
+  pick = lambda xs: None if xs is None else [xs[i] for i in keep]
+  names = pick(names)
+  images, instances, labels = _materialise(config.dataset, pick(images), pick(instances),
+                                           pick(labels), names)
+  images = [normalize(img) for img in images]
+  channels = {img.shape[-1] for img in images}
+  if len(channels) > 1:
+    raise UserInputError(f"{config.dataset}: images have different channel counts {channels}")
+  return SegmentationData(images=images, labels=labels, instances=instances, names=names,
+                          num_channels=channels.pop() if channels else 1,
+                          dataset=config.dataset)
+
+
+# --------------------------------------------------------------------------
+# CLI: preview and download.
+# --------------------------------------------------------------------------
+
+
+def load_config_file(path: str):
+  """``get_config()`` of a config file such as configs/isbi.py."""
+  path = pathlib.Path(path).resolve()
+  if not path.is_file():
+    raise UserInputError(f"config file not found: {path}")
+  sys.path.insert(0, str(path.parent.parent))  # so `from configs import default` works
+  spec = importlib.util.spec_from_file_location(f"_unet_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def preview(config, out_dir: str | pathlib.Path, num_samples: int = 3) -> pathlib.Path:
+  """Writes ``preview.png``: first training image, label, weight map, augmented samples.
+
+  Returns:
+    Path of the PNG.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from unet_jax import augment, data, model  # pylint: disable=g-import-not-at-top
+
+  train = load_split(config, "train")
+  one = dataclasses.replace(train, images=train.images[:1], labels=train.labels[:1],
+                            instances=train.instances[:1], names=train.names[:1])
+  weight = data.weights_for(config, one, class_weights=data.class_weights_for(config, train))[0]
+  tile, out = config.tile_size, model.output_size(config.tile_size, config.depth)
+  params = augment.AugmentParams.from_config(config.augment)
+  rng = np.random.default_rng(config.seed)
+  samples = [augment.augment_sample(rng, one.images[0], one.labels[0], weight, tile, out, params)
+             for _ in range(num_samples)]
+  fig, axes = plt.subplots(2, max(3, num_samples), figsize=(4 * max(3, num_samples), 8),
+                           squeeze=False)
+  b = (tile - out) // 2
+  top = [(one.images[0][..., 0], f"{one.names[0]} (normalised)", "gray"),
+         (one.labels[0], "label (1 = cell)", "gray"),
+         (weight, f"weight map (w0={config.w0}, sigma={config.sigma})", "jet")]
+  for ax, (arr, title, cmap) in zip(axes[0], top):
+    ax.imshow(arr, cmap=cmap)
+    ax.set_title(title)
+  for ax, (img, lab, wgt) in zip(axes[1], samples):
+    ax.imshow(img[..., 0], cmap="gray")
+    ax.imshow(np.pad(lab.astype(float), b, constant_values=np.nan), cmap="autumn", alpha=0.25)
+    ax.add_patch(plt.Rectangle((b - 0.5, b - 0.5), out, out, fill=False, color="yellow"))
+    ax.set_title(f"augmented {tile}x{tile} tile, label on {out}x{out}")
+  for ax in axes.ravel():
+    ax.axis("off")
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / "preview.png"
+  fig.tight_layout()
+  fig.savefig(path, dpi=60)
+  plt.close(fig)
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m unet_jax.datasets {preview,download} ...``."""
+  from unet_jax import download  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="python -m unet_jax.datasets", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("preview", help="PNG of an image, its label, weight map and augmented samples")
+  p.add_argument("--config", required=True, help="config file, e.g. configs/synthetic.py")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--data_dir", default=None, help="overrides config.data_dir")
+  d = sub.add_parser("download", help="fetch a dataset from its official source")
+  d.add_argument("--dataset", required=True, choices=sorted(download.SOURCES))
+  d.add_argument("--dest", required=True, help="data folder (then --config.data_dir=DEST)")
+  d.add_argument("--url-base", default=os.environ.get("UNET_JAX_DOWNLOAD_URL"),
+                 help="fetch FILE from URL_BASE/FILE instead of the official URL (a mirror); "
+                      "env UNET_JAX_DOWNLOAD_URL")
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "preview":
+      config = load_config_file(args.config)
+      if args.data_dir is not None:
+        config.data_dir = args.data_dir
+      print(preview(config, args.out))
+    else:
+      print(download.download(args.dataset, args.dest, url_base=args.url_base))
+  except UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
