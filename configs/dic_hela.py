@@ -1,0 +1,28 @@
+"""Cell Tracking Challenge DIC-C2DH-HeLa (paper Sec. 4, "IoU 77.5 %").
+
+    python -m unet_jax.datasets download --dataset dic-hela --dest ~/data/unet
+    python train.py --config configs/dic_hela.py --config.data_dir ~/data/unet --workdir W
+
+Sequence 01 (84 frames, 512x512): train on frames 0-59, report on frames 60-83
+(SPEC section 5). Labels: cell (mask > 0) vs background; the weight map's
+border term uses the instance masks, which matters for the touching HeLa cells.
+Masks: silver truth ``01_ST/SEG`` (every frame). With the CTC gold truth,
+``--config.ctc_truth=gt`` uses only the frames of ``01_GT/SEG`` and the split
+indices then count those frames. Same network and tile as the paper (572).
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = "dic_hela"
+  c.ctc_sequences = "01"  # comma-separated CTC sequences, frames concatenated
+  c.ctc_truth = "st"      # st = 01_ST/SEG silver truth | gt = 01_GT/SEG gold truth
+  c.train_indices = "0-59"
+  c.val_indices = "60-83"
+  c.tile_size = 572
+  c.batch_size = 1
+  c.features = 64
+  c.depth = 4
+  return c
