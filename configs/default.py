@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_classes = 2             # K
   c.dropout_rate = 0.5          # end of contracting path (see unet_jax/model.py)
   c.dtype = "float32"           # float32 | bfloat16 (fp32 params and loss)
+  c.in_channels = 0             # input channels; 0 = taken from the data
 
   # --- loss (paper Eq. 1-2) ----------------------------------------------------
   c.w0 = 10.0                   # border weight

@@ -8,3 +8,7 @@ name the culprit file or field, and what to do about it.
 
 class UserInputError(ValueError):
   """Bad input that the user can fix: a clear, actionable message."""
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a NaN/Inf loss or gradient; the message names the step."""

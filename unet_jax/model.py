@@ -26,7 +26,9 @@ from unet_jax import layers
 
 Dtype = Any
 
-he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+def he_normal(fan_in: int) -> Callable:
+  """Gaussian init with std sqrt(2 / fan_in) (paper Sec. 3; He et al. 2015)."""
+  return nn.initializers.normal(stddev=(2.0 / fan_in) ** 0.5)
 
 
 # --------------------------------------------------------------------------
@@ -103,17 +105,22 @@ def border(depth: int = 4) -> int:
 class ConvKernel(nn.Module):
   """A conv layer holding a standard ``[k, k, C_in, C_out]`` kernel and a bias.
 
-  ``op(x, kernel, bias)`` is the formulation used in the forward pass.
+  ``op(x, kernel, bias)`` is the formulation used in the forward pass. The init
+  std is sqrt(2/N) with N the incoming nodes of one output neuron (paper Sec.
+  3): k*k*C_in for a convolution, but C_in for the stride-2 up-convolution
+  (``upsampling=True``), where each output pixel sees a single kernel tap.
   """
   features: int
   kernel_size: int
   op: Callable[..., jax.Array]
   dtype: Dtype = jnp.float32
+  upsampling: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    kernel = self.param("kernel", he_normal, (k, k, x.shape[-1], self.features),
+    fan_in = x.shape[-1] * (1 if self.upsampling else k * k)
+    kernel = self.param("kernel", he_normal(fan_in), (k, k, x.shape[-1], self.features),
                         jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return self.op(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
@@ -182,7 +189,7 @@ class UNet(nn.Module):
     h = dropout(double_conv(h, self.features * 2**self.depth, "bottleneck"))
     for level in reversed(range(self.depth)):
       feats = self.features * 2**level
-      h = ConvKernel(feats, 2, upconv, dt, name=f"up{level}_upconv")(h)
+      h = ConvKernel(feats, 2, upconv, dt, upsampling=True, name=f"up{level}_upconv")(h)
       skip = layers.center_crop(skips[level], h.shape[1], h.shape[2])
       h = jnp.concatenate([skip, h], axis=-1)
       h = double_conv(h, feats, f"up{level}")

@@ -1,0 +1,121 @@
+"""The paper's architecture: sizes, parameter count, init, dropout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax import UNet, output_size, valid_input_size
+from unet_jax.model import border
+
+
+def _abstract_params(model, size=188, channels=1):
+  x = jnp.zeros((1, size, size, channels))
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"]
+
+
+def test_paper_parameter_count_and_23_convs():
+  params = _abstract_params(UNet())
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 31_030_658
+  kernels = [p for path, p in jax.tree_util.tree_leaves_with_path(params)
+             if path[-1].key == "kernel"]
+  assert len(kernels) == 23
+  assert all(k.ndim == 4 for k in kernels)  # standard HWIO kernels
+  assert sorted({k.shape[:2] for k in kernels}) == [(1, 1), (2, 2), (3, 3)]
+  assert params["down0_conv0"]["kernel"].shape == (3, 3, 1, 64)
+  assert params["bottleneck_conv1"]["kernel"].shape == (3, 3, 1024, 1024)
+  assert params["up3_upconv"]["kernel"].shape == (2, 2, 1024, 512)  # halves channels
+  assert params["classifier"]["kernel"].shape == (1, 1, 64, 2)
+
+
+def test_parameter_count_is_independent_of_input_size_and_grows_with_channels():
+  n = lambda p: sum(np.prod(x.shape) for x in jax.tree.leaves(p))  # noqa: E731
+  m = UNet(features=8)
+  assert n(_abstract_params(m, 188)) == n(_abstract_params(m, 572))
+  # first conv gets 3*3*8 more weights per extra input channel
+  assert n(_abstract_params(m, 188, 3)) - n(_abstract_params(m, 188, 1)) == 2 * 9 * 8
+
+
+@pytest.mark.parametrize("size,expected", [(572, 388), (188, 4), (204, 20), (508, 324)])
+def test_output_size_depth4(size, expected):
+  assert output_size(size) == expected
+
+
+def test_valid_sizes_are_16k_plus_188():
+  valid = [s for s in range(150, 700) if s == valid_input_size(s)]
+  assert valid == list(range(188, 700, 16))
+  assert border(4) == 92
+  assert valid_input_size(573) == 588
+
+
+@pytest.mark.parametrize("size,near", [(570, "556 or 572"), (573, "572 or 588"), (100, "188")])
+def test_invalid_size_names_nearest(size, near):
+  with pytest.raises(ValueError, match=near):
+    output_size(size)
+
+
+def test_other_depths():
+  assert output_size(44, depth=2) == 4 and output_size(60, depth=2) == 20
+  assert [s for s in range(1, 80) if s == valid_input_size(s, 2)] == list(range(44, 80, 4))
+  assert output_size(18, depth=1) == 2  # 18-4=14 -> 7 -> 3 -> 6 -> 2
+
+
+@pytest.mark.parametrize("h,w", [(188, 204), (220, 188)])
+def test_forward_shapes_depth4(h, w):
+  model = UNet(num_classes=3, features=2)
+  x = jnp.ones((2, h, w, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  y = model.apply(variables, x)
+  assert y.shape == (2, output_size(h), output_size(w), 3)
+  assert y.dtype == jnp.float32
+
+
+def test_forward_rejects_invalid_input():
+  model = UNet(features=2, depth=2)
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 60, 60, 1)))
+  with pytest.raises(ValueError, match="56 or 60"):
+    model.apply(variables, jnp.ones((1, 58, 60, 1)))
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    model.apply(variables, jnp.ones((60, 60, 1)))
+
+
+def test_he_normal_init_std():
+  params = UNet(features=16).init(jax.random.PRNGKey(1), jnp.ones((1, 188, 188, 1)))["params"]
+  # paper: std sqrt(2/N), N = incoming nodes of one neuron: 9*C_in for a 3x3 conv,
+  # C_in for the 2x2 stride-2 up-conv (one kernel tap reaches each output pixel)
+  for name, fan_in in [("down1_conv1", 9 * 32), ("down3_conv0", 9 * 64), ("up2_upconv", 128)]:
+    k = np.asarray(params[name]["kernel"])
+    assert k.std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.06), name
+    assert abs(k.mean()) < 0.1 * k.std()
+  assert np.all(np.asarray(params["down0_conv0"]["bias"]) == 0)
+
+
+def test_dropout_only_in_training_and_uses_dropout_stream():
+  model = UNet(features=4, depth=2, dropout_rate=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
+  v = model.init(jax.random.PRNGKey(0), x)
+  a = model.apply(v, x)
+  np.testing.assert_array_equal(a, model.apply(v, x))
+  t1 = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  t2 = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(t1, a) and not np.allclose(t1, t2)
+  no_drop = UNet(features=4, depth=2, dropout_rate=0.0)
+  np.testing.assert_allclose(
+      no_drop.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}), a, atol=1e-6)
+
+
+def test_input_channels_come_from_x():
+  model = UNet(features=2, depth=2)
+  v = model.init(jax.random.PRNGKey(0), jnp.ones((1, 60, 60, 3)))
+  assert v["params"]["down0_conv0"]["kernel"].shape == (3, 3, 3, 2)
+
+
+def test_bfloat16_compute_keeps_fp32_params_and_logits():
+  model = UNet(features=4, depth=2, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
+  v = model.init(jax.random.PRNGKey(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
+  y = model.apply(v, x)
+  ref = UNet(features=4, depth=2).apply(v, x)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, ref, atol=0.05 * float(jnp.abs(ref).max()) + 1e-3)

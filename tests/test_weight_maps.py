@@ -1,0 +1,85 @@
+"""Weight maps (paper Eq. 2) against hand-computed values and a brute-force reference."""
+
+import numpy as np
+import pytest
+
+from unet_jax import balanced_class_weights, instances_from_binary, weight_map
+
+
+def border(d1, d2, w0=10.0, sigma=5.0):
+  return w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+
+
+def test_two_stripes_hand_computed():
+  inst = np.zeros((5, 7), np.int32)
+  inst[:, 0:2] = 1
+  inst[:, 5:7] = 2
+  w = weight_map(inst, class_weights=[0.5, 2.0])
+  # columns 2, 3, 4: (d1, d2) = (1, 3), (2, 2), (3, 1) -> d1 + d2 = 4 everywhere
+  np.testing.assert_allclose(w[:, 2:5], 0.5 + border(1, 3), rtol=1e-6)
+  np.testing.assert_allclose(w[:, [0, 1, 5, 6]], 2.0)  # no border term on cells
+  assert w.dtype == np.float32 and w.shape == inst.shape
+
+
+def test_second_nearest_of_three_instances():
+  inst = np.array([[1, 1, 0, 2, 2, 0, 0, 0, 3, 3, 3]], np.int32)
+  w = weight_map(inst, w0=10.0, sigma=5.0)
+  # col 2: D = (1, 1, 6); col 5: (4, 1, 3); col 6: (5, 2, 2); col 7: (6, 3, 1)
+  expected = {2: border(1, 1), 5: border(1, 3), 6: border(2, 2), 7: border(3, 1)}
+  for col, b in expected.items():
+    assert w[0, col] == pytest.approx(1.0 + b, rel=1e-6), col
+
+
+def test_fewer_than_two_instances_has_no_border_term():
+  inst = np.zeros((6, 6), np.int32)
+  np.testing.assert_array_equal(weight_map(inst), 1.0)
+  inst[2:4, 2:4] = 7
+  np.testing.assert_array_equal(weight_map(inst, class_weights=[1.0, 3.0]),
+                                np.where(inst > 0, 3.0, 1.0))
+
+
+def _brute_force(inst, w0, sigma):
+  """Explicit distances from every pixel to every instance pixel."""
+  ys, xs = np.indices(inst.shape)
+  ids = [k for k in np.unique(inst) if k > 0]
+  dists = []
+  for k in ids:
+    py, px = np.nonzero(inst == k)
+    d = np.sqrt((ys[..., None] - py) ** 2 + (xs[..., None] - px) ** 2).min(-1)
+    dists.append(d)
+  d = np.sort(np.stack(dists), axis=0)
+  return np.where(inst == 0, 1.0 + border(d[0], d[1], w0, sigma), 1.0)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_random_instances_match_brute_force(sigma):
+  rng = np.random.default_rng(0)
+  mask = rng.random((40, 45)) > 0.55
+  inst = instances_from_binary(mask)
+  assert inst.max() > 5
+  np.testing.assert_allclose(weight_map(inst, w0=10.0, sigma=sigma),
+                             _brute_force(inst, 10.0, sigma), rtol=1e-5, atol=1e-6)
+
+
+def test_instances_are_4_connected():
+  mask = np.array([[1, 0, 0],
+                   [0, 1, 1],
+                   [0, 0, 1]], bool)
+  inst = instances_from_binary(mask)
+  assert inst.max() == 2  # the diagonal neighbour is a separate cell
+  assert inst[0, 0] != inst[1, 1] and inst[1, 1] == inst[1, 2] == inst[2, 2]
+  assert inst.dtype == np.int32
+
+
+def test_balanced_class_weights():
+  labels = [np.array([[0, 1, 1, 1]]), np.array([[1, 1, 1, 255]])]  # 255 is ignored
+  w = balanced_class_weights(labels, 2)
+  # N = 7, n0 = 1, n1 = 6 -> N / (K n_k)
+  np.testing.assert_allclose(w, [7 / 2, 7 / 12])
+  # the pixel-mean of the balanced weights is 1
+  assert (1 * w[0] + 6 * w[1]) / 7 == pytest.approx(1.0)
+
+
+def test_rejects_non_2d():
+  with pytest.raises(ValueError, match=r"\[H, W\]"):
+    weight_map(np.zeros((2, 3, 3), np.int32))

@@ -1,0 +1,44 @@
+"""Trains the U-Net: ``python train.py --config configs/isbi.py --workdir DIR``.
+
+This file is intentionally kept short: flags in, library call out. The logic is
+in unet_jax/train_lib.py. Re-running the same command resumes from the latest
+checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
+"""
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unet_jax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py",
+                                "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and curves.")
+flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's time; "
+                  "write nothing.")
+
+
+def main(argv):
+  del argv
+  from unet_jax import train_lib
+
+  config = FLAGS.config
+  if FLAGS.dry_run:
+    from unet_jax import datasets
+    data = datasets.load_split(config, "train")
+    with config.unlocked():
+      config.in_channels = int(data.num_channels)
+    print(config)
+    print(json.dumps(train_lib.dry_run(config), indent=2))
+    return
+  if not FLAGS.workdir:
+    raise cli.usage_error("--workdir is required (where checkpoints and logs go)")
+  train_lib.train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  cli.run(app, main)

@@ -1,0 +1,57 @@
+"""Shared plumbing of the command-line tools: logging and clean error exits.
+
+A user's mistake (bad file, bad field, bad size) or a diverged run ends with
+one message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from unet_jax.errors import NonFiniteError, UserInputError
+
+
+def usage_error(message: str) -> UserInputError:
+  return UserInputError(message)
+
+
+def _config_flag_message(exc: BaseException) -> str | None:
+  """Rephrases ml_collections' errors for unknown/invalid --config fields."""
+  text = str(exc)
+  if isinstance(exc, (KeyError, AttributeError)) or "has no attribute" in text \
+      or "not found" in text.lower():
+    return (f"unknown or invalid config field: {text.strip()}. "
+            "See configs/default.py for the available fields.")
+  return None
+
+
+def run(app, main: Callable) -> None:
+  """``app.run(main)`` that turns user errors into one-line messages (exit 2)."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S")
+  for noisy in ("absl", "jax._src", "orbax", "grain"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except (UserInputError, NonFiniteError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except KeyboardInterrupt:
+      print("interrupted: re-run the same command to resume from the last checkpoint",
+            file=sys.stderr)
+      sys.exit(130)
+
+  try:
+    app.run(wrapped)
+  except SystemExit:
+    raise
+  except Exception as e:  # flag parsing happens inside app.run, before `wrapped`
+    msg = _config_flag_message(e)
+    if msg is None:
+      raise
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,132 @@
+"""What a long run shows: progress bar, metrics.jsonl, TensorBoard, curves.png.
+
+``WORKDIR/metrics.jsonl`` has one JSON object per line:
+``{"step": 50, "split": "train", "loss": ..., "accuracy": ..., "grad_norm": ...,
+"steps_per_sec": ...}`` every ``log_every`` steps, and
+``{"step": 1000, "split": "val", "vrand": ..., ...}`` after each held-out
+evaluation. On resume the lines past the resumed step are dropped (those steps
+are trained again), so the file always describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+
+import numpy as np
+import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class RunMonitor:
+  """Progress bar + metric logs of one training run.
+
+  Args:
+    workdir: the run's directory.
+    num_steps: total steps (for the bar's ETA).
+    start_step: first step of this process (> 0 when resuming).
+    primary: name of the held-out metric plotted in curves.png.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, num_steps: int, start_step: int,
+               primary: str = "vrand"):
+    self.workdir = pathlib.Path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
+    self.primary = primary
+    self.history = [r for r in self._read() if r["step"] <= start_step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+    self._acc: list[dict] = []
+    self._t0 = time.perf_counter()
+    self._tb = None
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+    except ImportError:  # optional
+      log.info("tensorboardX not installed: no TensorBoard event files")
+    self.interactive = sys.stderr.isatty()
+    self.bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
+                         dynamic_ncols=True, disable=not self.interactive)
+
+  def _read(self) -> list[dict]:
+    if not self.path.is_file():
+      return []
+    rows = []
+    for line in self.path.read_text().splitlines():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut by a crash
+        continue
+    return rows
+
+  def update(self, metrics: dict) -> None:
+    """Adds one step's metrics (host floats) to the running average."""
+    self._acc.append(metrics)
+    self.bar.update(1)
+    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+
+  def _append(self, row: dict) -> None:
+    self.history.append(row)
+    with self.path.open("a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k not in ("step", "split") and isinstance(v, (int, float)):
+          self._tb.add_scalar(f"{row['split']}/{k}", v, row["step"])
+      self._tb.flush()
+
+  def write_train(self, step: int, extra: dict | None = None) -> dict:
+    """Logs the mean of the metrics since the last call."""
+    if not self._acc:
+      return {}
+    now = time.perf_counter()
+    row = {"step": step, "split": "train"}
+    row.update({k: float(np.mean([m[k] for m in self._acc])) for k in self._acc[0]})
+    row["steps_per_sec"] = len(self._acc) / max(now - self._t0, 1e-9)
+    row.update(extra or {})
+    self._acc, self._t0 = [], now
+    self._append(row)
+    if not self.interactive:
+      log.info("step %d/%d  loss %.4f  acc %.3f  %.3f steps/s", step, self.bar.total,
+               row["loss"], row.get("accuracy", float("nan")), row["steps_per_sec"])
+    self.plot()
+    return row
+
+  def write_eval(self, step: int, scores: dict) -> None:
+    row = {"step": step, "split": "val"}
+    row.update({k: float(v) for k, v in scores.items() if np.isscalar(v)})
+    self._append(row)
+    self.bar.write(f"step {step}: held-out " + ", ".join(
+        f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "split")))
+    self.plot()
+
+  def plot(self) -> None:
+    """Writes WORKDIR/curves.png: training loss and the held-out metric over steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in self.history if r["split"] == "train"]
+    val = [r for r in self.history if r["split"] == "val" and self.primary in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    axes[0].set(title="training loss (pixel-weighted CE)", xlabel="step", ylabel="loss")
+    if train and min(r["loss"] for r in train) > 0:
+      axes[0].set_yscale("log")
+    axes[1].plot([r["step"] for r in val], [r[self.primary] for r in val], "o-")
+    axes[1].set(title=f"held-out {self.primary}", xlabel="step", ylabel=self.primary)
+    for ax in axes:
+      ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = self.workdir / "curves.png.tmp"
+    fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    tmp.replace(self.workdir / "curves.png")
+
+  def close(self) -> None:
+    self.bar.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,329 @@
+"""Training: state, the jitted train step, and the loop (paper Sec. 3).
+
+Functional core in the style of the Flax examples: ``create_train_state``
+builds the state, ``make_train_step`` returns one pure jitted
+``(state, batch) -> (state, metrics)`` function that donates the state, and
+``train_and_evaluate(config, workdir)`` runs the loop with auto-resume,
+periodic held-out evaluation, logging and checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from unet_jax import checkpoint
+from unet_jax import model as model_lib
+from unet_jax.errors import NonFiniteError, UserInputError
+from unet_jax.losses import weighted_cross_entropy
+from unet_jax.monitoring import RunMonitor
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]  # {"image": [B,T,T,C], "label": [B,O,O], "weight": [B,O,O]}
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. The rng stays fixed; each step folds in its index."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+# --------------------------------------------------------------------------
+# Construction.
+# --------------------------------------------------------------------------
+
+
+def make_model(config: ml_collections.ConfigDict) -> model_lib.UNet:
+  """The UNet of a config (after checking its tile size)."""
+  model_lib.output_size(config.tile_size, config.depth)  # clear error for bad sizes
+  return model_lib.UNet(num_classes=config.num_classes, features=config.features,
+                        depth=config.depth, dropout_rate=config.dropout_rate,
+                        dtype=jnp.dtype(config.dtype))
+
+
+def init_params(model: model_lib.UNet, config: ml_collections.ConfigDict, rng: jax.Array):
+  """He-normal parameters for ``config.in_channels`` input channels."""
+  t = model_lib.valid_input_size(1, config.depth)
+  x = jnp.zeros((1, t, t, max(int(config.get("in_channels", 1)), 1)), jnp.float32)
+  return model.init({"params": rng}, x, train=False)["params"]
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Constant, or polynomial decay (power 0.9) to 0 over num_steps; optional linear warmup."""
+  if config.lr_schedule == "constant":
+    main = optax.constant_schedule(config.learning_rate)
+  elif config.lr_schedule == "poly":
+    main = optax.polynomial_schedule(config.learning_rate, 0.0, 0.9,
+                                     max(config.num_steps - config.warmup_steps, 1))
+  else:
+    raise UserInputError(f"config.lr_schedule must be 'poly' or 'constant', "
+                         f"got {config.lr_schedule!r}")
+  if config.warmup_steps <= 0:
+    return main
+  warm = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+  return optax.join_schedules([warm, main], [config.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum 0.99 (paper), optional global-norm clipping."""
+  sgd = optax.sgd(learning_rate_schedule(config), momentum=config.momentum)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), sgd)
+  return sgd
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: model_lib.UNet,
+                       rng: jax.Array) -> TrainState:
+  """Fresh state: He-normal params, zero momentum, step 0."""
+  init_rng, rng = jax.random.split(rng)
+  params = init_params(model, config, init_rng)
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+
+
+# --------------------------------------------------------------------------
+# Steps.
+# --------------------------------------------------------------------------
+
+
+def _metrics(loss, logits, labels, grad_norm=None):
+  """Loss, pixel accuracy on non-ignored pixels, and finiteness flags."""
+  valid = (labels >= 0) & (labels < logits.shape[-1])
+  correct = (jnp.argmax(logits, -1) == labels) & valid
+  m = {"loss": loss, "accuracy": correct.sum() / jnp.maximum(valid.sum(), 1)}
+  if grad_norm is not None:
+    m["grad_norm"] = grad_norm
+  return m
+
+
+def train_step_fn(model: model_lib.UNet, tx: optax.GradientTransformation,
+                  state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+  """One SGD step on the pixel-weighted cross-entropy (un-jitted, pure)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, batch["image"], train=True,
+                         rngs={"dropout": dropout_rng})
+    return weighted_cross_entropy(logits, batch["label"], batch["weight"]), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, _metrics(loss, logits, batch["label"], optax.global_norm(grads))
+
+
+def make_train_step(model: model_lib.UNet, config: ml_collections.ConfigDict,
+                    mesh=None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """The jitted train step; the state argument is donated.
+
+  Args:
+    model: the UNet.
+    config: for the optimizer.
+    mesh: optional ``jax.sharding.Mesh`` with a "data" axis: the batch is split
+      over it and the state replicated (data parallel). None = default device.
+  """
+  fn = functools.partial(train_step_fn, model, make_optimizer(config))
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=0)
+  from unet_jax import parallel
+  return parallel.jit_data_parallel(fn, mesh)
+
+
+def make_eval_step(model: model_lib.UNet) -> Callable[[Any, Batch], dict]:
+  """Jitted ``(params, batch) -> metrics`` without dropout."""
+
+  @jax.jit
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["image"], train=False)
+    loss = weighted_cross_entropy(logits, batch["label"], batch["weight"])
+    return _metrics(loss, logits, batch["label"])
+
+  return eval_step
+
+
+def check_finite(step: int, metrics: dict, config: ml_collections.ConfigDict,
+                 last_checkpoint: int | None, workdir: str) -> None:
+  """Raises NonFiniteError naming the step and the quantity if loss/grad is NaN/Inf."""
+  for name, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
+    value = float(metrics.get(name, 0.0))
+    if not np.isfinite(value):
+      kept = (f"the last good checkpoint (step {last_checkpoint}) in {workdir}/checkpoints "
+              "is untouched" if last_checkpoint else "no checkpoint was written")
+      raise NonFiniteError(
+          f"step {step}: the {what} is {value} (non-finite). Training stopped; {kept}. "
+          f"Lower --config.learning_rate (now {config.learning_rate}), add warmup "
+          "(--config.warmup_steps) or clipping (--config.grad_clip_norm), and check "
+          "the input data for NaNs.")
+
+
+# --------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Creates the workdir and checks that it is writable (clear error if not)."""
+  path = pathlib.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise UserInputError(f"--workdir {workdir} is not writable ({e.strerror}): "
+                         "choose a directory you can write to.") from None
+  return path
+
+
+def versions() -> dict[str, str]:
+  import flax as _flax
+  import optax as _optax
+  import orbax.checkpoint as _ocp
+  return {"python": sys.version.split()[0], "jax": jax.__version__,
+          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "flax": _flax.__version__, "optax": _optax.__version__,
+          "orbax-checkpoint": _ocp.__version__, "numpy": np.__version__,
+          "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()]}
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
+  t, o = config.tile_size, model_lib.output_size(config.tile_size, config.depth)
+  b = config.batch_size
+  return {"image": np.zeros((b, t, t, config.in_channels), np.float32),
+          "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+  """Sizes, parameter count, compiled peak-memory estimate and one step's time.
+
+  Writes nothing. Returns the report (also printed by train.py).
+  """
+  model = make_model(config)
+  state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  step = make_train_step(model, config)
+  batch = _fake_batch(config)
+  compiled = step.lower(state, batch).compile()
+  mem = compiled.memory_analysis()
+  peak = None
+  if mem is not None:
+    peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+               + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  state, m = step(state, batch)  # warm-up (first call pays one-off costs)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  seconds = time.perf_counter() - t0
+  return {"parameters": param_count(state.params),
+          "input_tile": config.tile_size,
+          "output_tile": model_lib.output_size(config.tile_size, config.depth),
+          "batch_size": config.batch_size,
+          "estimated_peak_memory_bytes": peak,
+          "step_seconds": seconds,
+          "backend": jax.default_backend()}
+
+
+def _primary_metric(config: ml_collections.ConfigDict) -> str:
+  return "seg" if config.dataset in ("dic_hela", "ctc") else "vrand"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates.
+
+  The resume order: (1) read the data and fix ``in_channels``, (2) refuse a
+  workdir of another architecture, (3) build a fresh state and data iterator,
+  (4) overwrite both from the newest readable checkpoint.
+
+  Returns:
+    The final train state.
+  """
+  from unet_jax import data as data_lib
+  from unet_jax import datasets
+
+  workdir = prepare_workdir(workdir)
+  train_data = datasets.load_split(config, "train")
+  val_data = (datasets.load_split(config, "val")
+              if config.val_indices and config.eval_every > 0 else None)
+  with config.unlocked():
+    config.in_channels = int(train_data.num_channels)
+  if (workdir / "config.json").is_file():
+    checkpoint.check_same_architecture(checkpoint.read_config(workdir), config, str(workdir))
+  checkpoint.write_config(workdir, config)
+  (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
+
+  model = make_model(config)
+  state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  data_iter = data_lib.make_train_iterator(config, train_data)
+  manager = checkpoint.train_manager(workdir, config.keep_checkpoints)
+  restored = checkpoint.restore_latest(manager, state, data_iter)
+  start = 0
+  if restored is not None:
+    state, start = restored
+    log.info("resumed from checkpoint step %d in %s", start, workdir)
+  else:
+    log.info("no checkpoint in %s: starting from scratch (%d parameters)",
+             workdir, param_count(state.params))
+  last_ckpt = start or None
+
+  train_step = make_train_step(model, config)
+  primary = _primary_metric(config)
+  monitor = RunMonitor(workdir, config.num_steps, start, primary)
+  best = checkpoint.best_score(workdir) if val_data is not None else None
+  try:
+    for step in range(start + 1, config.num_steps + 1):
+      batch = next(data_iter)
+      state, metrics = train_step(state, batch)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      check_finite(step, metrics, config, last_ckpt, str(workdir))
+      monitor.update(metrics)
+      if step % config.log_every == 0 or step == config.num_steps:
+        monitor.write_train(step, {"learning_rate": float(
+            learning_rate_schedule(config)(step - 1))})
+      if step % config.checkpoint_every == 0 or step == config.num_steps:
+        checkpoint.save(manager, step, state, data_iter)
+        last_ckpt = step
+      if val_data is not None and (step % config.eval_every == 0 or step == config.num_steps):
+        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
+  finally:
+    monitor.close()
+    manager.close()
+  return state
+
+
+def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best):
+  """Held-out evaluation; keeps the best checkpoint by ``primary``."""
+  from unet_jax import evaluation
+
+  scores = evaluation.evaluate_split(model, {"params": state.params}, val_data, config,
+                                     progress=False)
+  monitor.write_eval(step, scores)
+  value = float(scores[primary])
+  if best is None or value > best.get(primary, -np.inf):
+    best = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
+    best["step"] = step
+    checkpoint.save_best(workdir, step, state.params, best)
+    log.info("new best %s %.4f at step %d", primary, value, step)
+  return best
