@@ -1,0 +1,203 @@
+"""Readers, splits, normalisation, synthetic data and user-facing errors."""
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+from configs import default
+from tests import data_helpers
+from unet_jax import datasets, synthetic
+from unet_jax.errors import UserInputError
+
+
+def _config(dataset, data_dir="", train="", val=""):
+  c = default.get_config()
+  c.dataset, c.data_dir, c.train_indices, c.val_indices = dataset, str(data_dir), train, val
+  return c
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_isbi_real_files(data_root):
+  c = _config("isbi2012", data_root, "0-24", "25-29")
+  train, val, test = (datasets.load_split(c, s) for s in ("train", "val", "test"))
+  assert (len(train), len(val), len(test)) == (25, 5, 30)
+  assert test.labels is None and test.instances is None
+  raw = tifffile.imread(data_root / "isbi2012" / "train-labels.tif")
+  vol = tifffile.imread(data_root / "isbi2012" / "train-volume.tif")
+  np.testing.assert_array_equal(val.labels[0], raw[25] == 255)
+  img = val.images[4]
+  assert img.shape == (512, 512, 1) and img.dtype == np.float32
+  np.testing.assert_allclose(img[..., 0], (vol[29] - vol[29].mean()) / vol[29].std(), atol=1e-4)
+  assert train.labels[0].dtype == np.int32 and train.instances[0].dtype == np.int32
+  # Instances: 4-connected cell components; every cell pixel has an instance.
+  n = ndimage.label(raw[0] == 255)[1]
+  assert train.instances[0].max() == n > 20
+  np.testing.assert_array_equal(train.instances[0] > 0, raw[0] == 255)
+  assert train.names[3] == "train-volume.tif:03" and train.num_channels == 1
+
+
+def test_dic_hela_real_files(data_root):
+  c = _config("dic_hela", data_root, "0-59", "60-83")
+  train, val = datasets.load_split(c, "train"), datasets.load_split(c, "val")
+  assert (len(train), len(val)) == (60, 24)
+  seg = data_root / "ctc" / "DIC-C2DH-HeLa" / "01_ST" / "SEG"
+  mask = np.asarray(Image.open(seg / "man_seg060.tif"))  # Pillow decodes LZW on its own
+  np.testing.assert_array_equal(val.instances[0], mask)
+  np.testing.assert_array_equal(val.labels[0], mask > 0)
+  assert val.names[0] == "01/t060" and val.images[0].shape == (512, 512, 1)
+  assert 10 <= len(np.unique(train.instances[0])) - 1 <= 18  # README: 10-18 cells per frame
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize("spec,n,empty_all,want", [
+    ("0,3,5-7", 10, True, [0, 3, 5, 6, 7]), ("25-29", 30, False, [25, 26, 27, 28, 29]),
+    ("", 4, True, [0, 1, 2, 3]), ("", 4, False, []), (" 2 - 3 ,1", 4, True, [1, 2, 3])])
+def test_parse_indices(spec, n, empty_all, want):
+  assert datasets.parse_indices(spec, n, empty_means_all=empty_all) == want
+
+
+@pytest.mark.parametrize("spec,match", [("5-3", "expected indices"), ("a", "expected indices"),
+                                        ("0-30", "index 30.*only 30 images")])
+def test_parse_indices_errors(spec, match):
+  with pytest.raises(UserInputError, match=match):
+    datasets.parse_indices(spec, 30, empty_means_all=True, field="train_indices")
+
+
+def test_normalize_per_channel():
+  x = np.random.default_rng(0).integers(0, 65535, (16, 12, 3)).astype(np.uint16)
+  y = datasets.normalize(x)
+  assert y.dtype == np.float32 and y.shape == (16, 12, 3)
+  np.testing.assert_allclose(y.mean(axis=(0, 1)), 0, atol=1e-5)
+  np.testing.assert_allclose(y.std(axis=(0, 1)), 1, atol=1e-4)
+  assert datasets.normalize(np.zeros((4, 4))).max() == 0  # constant image: no NaN
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_cells_and_membranes():
+  t0 = time.perf_counter()
+  images, instances = synthetic.generate(2, 256, 40, seed=3)
+  assert (time.perf_counter() - t0) / 2 < 0.5
+  img, inst = images[1], instances[1]
+  assert img.shape == inst.shape == (256, 256) and img.dtype == np.uint8
+  assert 34 <= inst.max() <= 40 and set(np.unique(inst)) == set(range(inst.max() + 1))
+  # Membranes separate the cells: no two 4-neighbours belong to different cells, so
+  # the connected components of the cell mask are exactly the instances.
+  for a, b in ((inst[1:], inst[:-1]), (inst[:, 1:], inst[:, :-1])):
+    assert not np.any((a > 0) & (b > 0) & (a != b))
+  assert ndimage.label(inst > 0)[1] == inst.max()
+  assert img[inst == 0].mean() + 40 < img[inst > 0].mean()  # dark membranes
+  assert 0.05 < (inst == 0).mean() < 0.3
+
+
+def test_synthetic_deterministic_and_split():
+  c = _config("synthetic", train="0-2", val="3")
+  c.synthetic.num_images, c.synthetic.size, c.synthetic.cells = 4, 48, 6
+  a, b = datasets.load_split(c, "train"), datasets.load_split(c, "train")
+  val = datasets.load_split(c, "val")
+  assert len(a) == 3 and len(val) == 1 and val.names == ["synthetic:003"]
+  np.testing.assert_array_equal(a.images[2], b.images[2])
+  np.testing.assert_array_equal(a.labels[0], a.instances[0] > 0)
+  c.seed = 1
+  assert not np.array_equal(datasets.load_split(c, "val").instances[0], val.instances[0])
+
+
+# ----------------------------------------------------------------------------- other layouts
+
+
+def test_ctc_reader_u373_layout_16bit_lzw(tmp_path):
+  images, masks = data_helpers.write_ctc(tmp_path / "ctc", "PhC-C2DH-U373", frames=4)
+  data = datasets.load_split(_config("phc_u373", tmp_path, "1-3"), "train")
+  assert data.names == ["01/t001", "01/t002", "01/t003"]
+  np.testing.assert_array_equal(data.instances[1], masks[2])
+  np.testing.assert_allclose(data.images[0][..., 0], datasets.normalize(images[1])[..., 0])
+
+
+def test_ctc_gold_truth_uses_annotated_frames(tmp_path):
+  data_helpers.write_ctc(tmp_path, "DIC-C2DH-HeLa", frames=6, truth="GT", mask_frames=[1, 4])
+  c = _config("dic_hela", tmp_path)
+  with pytest.raises(UserInputError, match="ctc_truth=gt"):
+    datasets.load_split(c, "train")
+  c.ctc_truth = "gt"
+  assert datasets.load_split(c, "train").names == ["01/t001", "01/t004"]
+
+
+def test_folder_dataset(tmp_path):
+  rng = np.random.default_rng(0)
+  (tmp_path / "images").mkdir()
+  (tmp_path / "masks").mkdir()
+  binary = np.zeros((20, 30), np.uint8)
+  binary[2:6, 2:6] = binary[10:15, 10:25] = 255
+  inst = np.zeros((20, 30), np.uint16)
+  inst[0:10, 0:10], inst[10:20, 0:10] = 5, 9  # touching instances stay separate
+  Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "images/a.png")
+  tifffile.imwrite(tmp_path / "images/b.tif", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+  Image.fromarray(binary).save(tmp_path / "masks/a.png")
+  tifffile.imwrite(tmp_path / "masks/b.tif", inst)
+  data = datasets.load_split(_config("folder", tmp_path), "train")
+  assert data.names == ["a", "b"] and data.num_channels == 3
+  assert data.instances[0].max() == 2 and set(np.unique(data.instances[1])) == {0, 5, 9}
+  np.testing.assert_array_equal(data.labels[1], inst > 0)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_data_dir_says_how_to_download(tmp_path, monkeypatch):
+  monkeypatch.delenv("UNET_JAX_DATA", raising=False)
+  with pytest.raises(UserInputError, match="UNET_JAX_DATA.*download --dataset isbi2012"):
+    datasets.load_split(_config("isbi2012"), "train")
+  with pytest.raises(UserInputError, match="missing or empty.*download --dataset dic-hela"):
+    datasets.load_split(_config("dic_hela", tmp_path / "nope"), "train")
+  (tmp_path / "other.txt").write_text("x")
+  with pytest.raises(UserInputError, match="train-volume.tif not found"):
+    datasets.load_split(_config("isbi2012", tmp_path), "train")
+
+
+def test_truncated_tiff_names_the_file(tmp_path):
+  data_helpers.write_isbi(tmp_path / "isbi2012")
+  bad = tmp_path / "isbi2012" / "train-labels.tif"
+  bad.write_bytes(bad.read_bytes()[:1500])
+  with pytest.raises(UserInputError, match="cannot read .*train-labels.tif"):
+    datasets.load_split(_config("isbi2012", tmp_path), "train")
+
+
+def test_count_and_value_mismatch(tmp_path):
+  volume, labels = data_helpers.write_isbi(tmp_path, n=3)  # files directly in data_dir
+  assert len(datasets.load_split(_config("isbi2012", tmp_path), "train")) == 3
+  tifffile.imwrite(tmp_path / "train-labels.tif", labels[:2])
+  with pytest.raises(UserInputError, match="3 images but 2 label images"):
+    datasets.load_split(_config("isbi2012", tmp_path), "train")
+  labels[1, 0, 0] = 7
+  tifffile.imwrite(tmp_path / "train-labels.tif", labels)
+  with pytest.raises(UserInputError, match=r"0 \(membrane\) or 255.*\[7\]"):
+    datasets.load_split(_config("isbi2012", tmp_path), "train")
+
+
+def test_folder_mismatches(tmp_path):
+  (tmp_path / "images").mkdir()
+  (tmp_path / "masks").mkdir()
+  tifffile.imwrite(tmp_path / "images/a.tif", np.zeros((8, 8), np.uint8))
+  tifffile.imwrite(tmp_path / "images/b.tif", np.zeros((8, 8), np.uint8))
+  tifffile.imwrite(tmp_path / "masks/a.tif", np.zeros((8, 9), np.uint8))
+  with pytest.raises(UserInputError, match=r"2 images .* 1 masks.*no mask for \['b.tif'\]"):
+    datasets.load_split(_config("folder", tmp_path), "train")
+  tifffile.imwrite(tmp_path / "masks/b.tif", np.zeros((8, 8), np.uint8))
+  with pytest.raises(UserInputError, match=r"a: image is \(8, 8\) but its label is \(8, 9\)"):
+    datasets.load_split(_config("folder", tmp_path, "0"), "train")
+
+
+def test_unknown_dataset_and_split():
+  with pytest.raises(UserInputError, match="unknown dataset 'isbi'.*isbi2012"):
+    datasets.load_split(_config("isbi"), "train")
+  with pytest.raises(UserInputError, match="unknown split"):
+    datasets.load_split(_config("synthetic"), "training")
