@@ -1,0 +1,108 @@
+"""Augmentation: identity, label values, dihedral transforms, elastic field, determinism."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from unet_jax import augment
+
+TILE, OUT = 60, 20
+B = (TILE - OUT) // 2
+NONE = augment.AugmentParams(elastic_std=0.0, rotate=False, flip=False, intensity=0.0)
+
+
+def _arrays(h=50, w=41, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(h, w, 2)).astype(np.float32)
+  label = rng.choice(np.array([0, 1, 255], np.int32), size=(h, w))
+  weight = rng.uniform(0.5, 3.0, (h, w)).astype(np.float32)
+  return image, label, weight
+
+
+def _reflect_crop(array, origin, size):
+  """np.pad(mode='reflect') crop: what overlap-tile inference sees at ``origin``."""
+  pad = 3 * TILE
+  widths = [(pad, pad), (pad, pad)] + [(0, 0)] * (array.ndim - 2)
+  padded = np.pad(array, widths, mode="reflect")
+  r, c = int(origin[0]) + pad, int(origin[1]) + pad
+  return padded[r:r + size, c:c + size]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_augmentation_is_mirror_padded_crop(seed):
+  image, label, weight = _arrays(seed=seed)  # smaller than the tile: mirror padding needed
+  t = augment.random_transform(np.random.default_rng(seed), label.shape, TILE, OUT, NONE)
+  img, lab, wgt = augment.apply_transform(t, image, label, weight, TILE, OUT)
+  assert img.shape == (TILE, TILE, 2) and lab.shape == wgt.shape == (OUT, OUT)
+  assert img.dtype == np.float32 and lab.dtype == np.int32 and wgt.dtype == np.float32
+  np.testing.assert_allclose(img, _reflect_crop(image, t.origin, TILE), atol=1e-5)
+  np.testing.assert_array_equal(lab, _reflect_crop(label, t.origin + B, OUT))
+  np.testing.assert_allclose(wgt, _reflect_crop(weight, t.origin + B, OUT), atol=1e-5)
+
+
+def test_crop_position_keeps_output_on_image():
+  rng = np.random.default_rng(0)
+  origins = np.array([augment.random_transform(rng, (100, 70), TILE, OUT, NONE).origin
+                      for _ in range(300)])
+  out_origin = origins + B
+  assert out_origin.min(0).tolist() == [0, 0]
+  assert out_origin.max(0).tolist() == [100 - OUT, 70 - OUT]
+
+
+def test_flips_are_dihedral_transforms_of_the_crop():
+  image, label, weight = _arrays()
+  params = augment.AugmentParams(elastic_std=0.0, rotate=False, flip=True, intensity=0.0)
+  seen = set()
+  for seed in range(24):
+    t = augment.random_transform(np.random.default_rng(seed), label.shape, TILE, OUT, params)
+    img, lab, _ = augment.apply_transform(t, image, label, weight, TILE, OUT)
+    crop, lab_crop = _reflect_crop(image, t.origin, TILE), _reflect_crop(label, t.origin + B, OUT)
+    matches = [k for k in range(8)
+               if np.allclose(img, np.rot90(crop[:, ::-1] if k >= 4 else crop, k % 4), atol=1e-5)]
+    assert len(matches) == 1
+    k = matches[0]
+    np.testing.assert_array_equal(lab, np.rot90(lab_crop[:, ::-1] if k >= 4 else lab_crop, k % 4))
+    seen.add(k)
+  assert len(seen) >= 6  # all 8 are reachable
+
+
+def test_deformed_label_keeps_original_values():
+  image, label, weight = _arrays()
+  rng = np.random.default_rng(5)
+  for _ in range(5):
+    _, lab, wgt = augment.augment_sample(rng, image, label, weight, TILE, OUT,
+                                         augment.AugmentParams(elastic_std=10.0))
+    assert set(np.unique(lab)) <= {0, 1, 255}
+    assert wgt.min() >= 0.5 - 1e-5 and wgt.max() <= 3.0 + 1e-5  # linear interpolation
+
+
+def test_elastic_field_is_bicubic_upsampled_grid():
+  grid, size, std = 3, 61, 10.0
+  field = augment.elastic_field(np.random.default_rng(0), size, grid, std)
+  coarse = np.random.default_rng(0).normal(0.0, std, (2, grid, grid))
+  assert field.shape == (2, size, size)
+  np.testing.assert_allclose(field[:, ::30, ::30], coarse, atol=1e-9)  # passes through nodes
+  reference = np.stack([ndimage.zoom(c, size / grid, order=3, mode="nearest") for c in coarse])
+  np.testing.assert_allclose(field, reference, atol=1e-6)
+  # Many draws: per-pixel displacement std close to the paper's std at the nodes.
+  rng = np.random.default_rng(1)
+  nodes = np.array([augment.elastic_field(rng, size, grid, std)[:, 0, 0] for _ in range(2000)])
+  assert abs(nodes.std() - std) < 0.5
+
+
+def test_determinism_and_intensity():
+  image, label, weight = _arrays()
+  params = augment.AugmentParams()
+  a = augment.augment_sample(np.random.default_rng(7), image, label, weight, TILE, OUT, params)
+  b = augment.augment_sample(np.random.default_rng(7), image, label, weight, TILE, OUT, params)
+  c = augment.augment_sample(np.random.default_rng(8), image, label, weight, TILE, OUT, params)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0])
+  t = augment.random_transform(np.random.default_rng(3), label.shape, TILE, OUT,
+                               augment.AugmentParams(elastic_std=0, rotate=False, flip=False,
+                                                     intensity=0.2))
+  assert 0.8 <= t.gain <= 1.2 and -0.2 <= t.offset <= 0.2 and t.gain != 1.0
+  img = augment.apply_transform(t, image, label, weight, TILE, OUT)[0]
+  np.testing.assert_allclose(img, _reflect_crop(image, t.origin, TILE) * t.gain + t.offset,
+                             atol=1e-5)
