@@ -29,12 +29,11 @@ def _config_flag_message(exc: BaseException) -> str | None:
 
 def run(app, main: Callable) -> None:
   """``app.run(main)`` that turns user errors into one-line messages (exit 2)."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S")
-  for noisy in ("absl", "jax._src", "orbax", "grain"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
 
   def wrapped(argv):
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/grain chatter
+    logging.getLogger("unet_jax").setLevel(logging.INFO)
     try:
       return main(argv)
     except (UserInputError, NonFiniteError) as e:
