@@ -99,3 +99,14 @@ def test_cached_weights_match_eq2_with_balanced_class_weights(config, train):
   np.testing.assert_allclose(got, want, rtol=1e-6)
   config.class_weights = "none"
   np.testing.assert_array_equal(data.class_weights_for(config, train), [1, 1])
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_sequence(config, train):
+  expected = _take(data.make_train_iterator(config, train), 4)
+  config.num_workers = 2
+  it = data.make_train_iterator(config, train)
+  try:
+    _assert_same(expected, _take(it, 4))
+  finally:
+    it.close()

@@ -123,6 +123,14 @@ def _read_options(batch_size: int) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=1, prefetch_buffer_size=2 * batch_size)
 
 
+def _ensure_absl_flags_parsed() -> None:
+  # grain's worker processes read absl flags; outside an absl app (tests,
+  # notebooks) they are unparsed and grain would raise. Keep the defaults.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def make_train_iterator(config, data: SegmentationData, *,
                         weights: Sequence[np.ndarray] | None = None) -> grain.DatasetIterator:
   """Endless iterator of augmented training batches.
@@ -150,5 +158,6 @@ def make_train_iterator(config, data: SegmentationData, *,
         .to_iter_dataset(_read_options(int(config.batch_size)))
         .batch(int(config.batch_size)))
   if int(config.num_workers) > 0:
+    _ensure_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers)))
   return iter(ds)
