@@ -27,7 +27,7 @@ import hashlib
 import os
 import pathlib
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -85,8 +85,9 @@ def weights_for(config, data: SegmentationData, *,
   cw = class_weights_for(config, data) if class_weights is None else np.asarray(class_weights)
   folder = cache_root(config) / "weight_maps"
   folder.mkdir(parents=True, exist_ok=True)
-  paths = [folder / f"{data.dataset}-{cache_key(data.dataset, n, (img, inst, lab), config.w0, config.sigma, cw)}.npy"
-           for n, img, inst, lab in zip(data.names, data.images, data.instances, data.labels)]
+  keys = [cache_key(data.dataset, n, (img, inst, lab), config.w0, config.sigma, cw)
+          for n, img, inst, lab in zip(data.names, data.images, data.instances, data.labels)]
+  paths = [folder / f"{data.dataset}-{k}.npy" for k in keys]
   todo = [i for i, p in enumerate(paths) if not p.is_file()]
   for i in tqdm(todo, desc="weight maps", unit="img", disable=not sys.stderr.isatty()):
     w = weight_maps.weight_map(data.instances[i], cw[:2], config.w0, config.sigma)
@@ -149,8 +150,9 @@ def make_train_iterator(config, data: SegmentationData, *,
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
   weights = weights_for(config, data) if weights is None else weights
   tile = int(config.tile_size)
-  sampler = TileSampler(tuple(data.images), tuple(data.labels), tuple(np.asarray(w) for w in weights),
-                        tile, model.output_size(tile, config.depth),
+  out = model.output_size(tile, config.depth)
+  sampler = TileSampler(tuple(data.images), tuple(data.labels),
+                        tuple(np.asarray(w) for w in weights), tile, out,
                         augment.AugmentParams.from_config(config.augment))
   # Batch on the IterDataset: MapDataset.batch of an endless repeat() overflows len().
   ds = (grain.MapDataset.range(len(data)).seed(int(config.seed)).shuffle().repeat()

@@ -213,9 +213,11 @@ def _check_integer_mask(mask: np.ndarray, name: str) -> None:
 
 # --------------------------------------------------------------------------
 # Readers: each returns (raw images, instance maps or None, labels or None, names).
+# CTC and folder readers return file paths instead of arrays, so that only the
+# selected split is read (_materialise).
 # --------------------------------------------------------------------------
 
-Raw = tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray] | None, list[str]]
+Raw = tuple[list, list | None, list | None, list[str]]
 
 
 def _read_synthetic(config, split: str) -> Raw:
@@ -466,7 +468,8 @@ def preview(config, out_dir: str | pathlib.Path, num_samples: int = 3) -> pathli
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m unet_jax.datasets {preview,download} ...``."""
   from unet_jax import download  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="python -m unet_jax.datasets", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m unet_jax.datasets",
+                                   description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("preview", help="PNG of an image, its label, weight map and augmented samples")
   p.add_argument("--config", required=True, help="config file, e.g. configs/synthetic.py")

@@ -6,11 +6,11 @@
 Every file is written to ``NAME.part`` first; an interrupted download resumes
 from there (HTTP ``Range``), and only a verified file gets its final name.
 
-| dataset  | source (official)                                  | check |
-| -------- | -------------------------------------------------- | ----- |
-| isbi2012 | brainiac2.mit.edu/isbi_challenge (3 multi-page TIFFs) | SHA-256 of the file, or of its decoded pixels |
-| dic-hela | data.celltrackingchallenge.net DIC-C2DH-HeLa.zip   | zip CRCs + expected members (SHA-256 unknown) |
-| phc-u373 | data.celltrackingchallenge.net PhC-C2DH-U373.zip   | zip CRCs + expected members (SHA-256 unknown) |
+| dataset  | source (official, URLs in SOURCES)         | check                          |
+| -------- | ------------------------------------------ | ------------------------------ |
+| isbi2012 | brainiac2.mit.edu/isbi_challenge, 3 TIFFs  | SHA-256 of file or of pixels   |
+| dic-hela | celltrackingchallenge.net DIC-C2DH-HeLa.zip | zip CRCs + members (no SHA-256) |
+| phc-u373 | celltrackingchallenge.net PhC-C2DH-U373.zip | zip CRCs + members (no SHA-256) |
 
 ISBI: the file SHA-256 values are those of the project's reference copies
 (``shared/data/SHA256SUMS``). Those copies were rewritten by tifffile from
