@@ -1,0 +1,135 @@
+"""Overlap-tile inference: seamless stitching, tile-size checks, TTA, memory estimate."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from random_nets import random_net
+from unet_jax import UNet, model as model_lib, tiling
+from unet_jax.errors import UserInputError
+
+_net = functools.lru_cache(maxsize=None)(random_net)
+
+
+def _image(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_smallest_usable_tile():
+  assert tiling.smallest_usable_tile(4) == 204
+  assert model_lib.output_size(204, 4) == 20
+  assert tiling.smallest_usable_tile(2) == 44
+
+
+@pytest.mark.parametrize("depth,features,tile,shape", [
+    (2, 4, 44, (37, 53)),        # smallest usable tile at depth 2, many tiles
+    (2, 4, 60, (30, 21, 2)),     # two channels, image smaller than a tile
+    (4, 2, 204, (37, 53)),       # smallest usable tile at depth 4, image < tile
+    (4, 2, 220, (300, 211)),     # several overlapping tiles, odd sizes
+])
+def test_tiled_equals_full_forward(depth, features, tile, shape):
+  channels = shape[2] if len(shape) == 3 else 1
+  model, variables = _net(depth, features, channels)
+  image = _image(*shape)
+  tiled = tiling.predict_tiled(model, variables, image, tile_size=tile, batch_size=3)
+  full = tiling.full_image_reference(model, variables, image, tile)
+  assert tiled.shape == shape[:2] + (2,) and tiled.dtype == np.float32
+  np.testing.assert_allclose(tiled, full, atol=1e-5)
+  np.testing.assert_allclose(tiled.sum(-1), 1.0, atol=1e-5)
+
+
+def test_off_grid_tiles_are_not_seamless():
+  """The negative control: shifting a tile by less than 2**depth changes its output."""
+  model, variables = _net(2, 4)
+  padded = _image(60, 60)[None, ..., None]
+  a = model.apply(variables, padded[:, :48, :48], train=False)[0]
+  b = model.apply(variables, padded[:, 2:50, :48], train=False)[0]  # shift 2, not 4
+  assert np.abs(np.asarray(a[2:]) - np.asarray(b[:-2])).max() > 1e-4
+
+
+def test_plan_is_on_the_grid_and_covers_the_image():
+  plan = tiling.plan_tiles(300, 211, 220, 4)
+  assert plan.out == 36 and plan.stride == 32
+  assert all(r % 16 == 0 for r in plan.rows + plan.cols)
+  assert plan.padded_out[0] >= 300 and plan.padded_out[1] >= 211
+  assert plan.padded_out[0] - 300 < plan.stride
+
+
+@pytest.mark.parametrize("size,names", [(572 + 3, ("572", "588")), (301, ("300", "316")), (500, ("492", "508"))])
+def test_invalid_tile_size_names_nearest(size, names):
+  model, variables = _net(4, 2)
+  with pytest.raises(UserInputError) as err:
+    tiling.predict_tiled(model, variables, _image(20, 20), tile_size=size)
+  for n in names:
+    assert n in str(err.value)
+
+
+def test_too_small_tile_names_smallest_usable():
+  model, variables = _net(4, 2)
+  with pytest.raises(ValueError, match="smallest usable tile_size is 204"):
+    tiling.predict_tiled(model, variables, _image(20, 20), tile_size=188)
+
+
+def test_wrong_channel_count_is_a_user_error():
+  model, variables = _net(2, 4)
+  with pytest.raises(UserInputError, match="channel"):
+    tiling.predict_tiled(model, variables, _image(20, 20, 3), tile_size=44)
+
+
+def test_tta_is_equivariant_under_the_dihedral_group():
+  model, variables = _net(2, 4)
+  image = _image(29, 35)
+  base = tiling.predict_tiled(model, variables, image, tile_size=48, tta=True)
+  assert base.shape == (29, 35, 2)
+  np.testing.assert_allclose(base.sum(-1), 1.0, atol=1e-5)
+  flipped = tiling.predict_tiled(model, variables, image[:, ::-1], tile_size=48, tta=True)
+  np.testing.assert_allclose(flipped[:, ::-1], base, atol=1e-5)
+  rotated = tiling.predict_tiled(model, variables, np.rot90(image), tile_size=48, tta=True)
+  np.testing.assert_allclose(np.rot90(rotated, -1), base, atol=1e-5)
+  plain = tiling.predict_tiled(model, variables, image, tile_size=48)
+  assert np.abs(plain - base).max() > 1e-6  # TTA really averages several views
+
+
+@pytest.mark.parametrize("k,flip", tiling.DIHEDRAL)
+def test_inverse_transform(k, flip):
+  x = _image(5, 7, 2)
+  np.testing.assert_array_equal(tiling.inverse_transform(tiling.transform(x, k, flip), k, flip), x)
+
+
+def test_param_count_formula_matches_the_model():
+  assert tiling.param_count(features=64, depth=4, num_classes=2, in_channels=1) == 31_030_658
+  _, variables = _net(2, 4)
+  n = sum(x.size for x in jax.tree.leaves(variables))
+  assert tiling.param_count(features=4, depth=2, num_classes=2, in_channels=1) == n
+
+
+def test_tile_size_for_memory():
+  kw = dict(features=64, depth=4, num_classes=2, in_channels=1, batch_size=4)
+  small = tiling.tile_size_for_memory(1 << 30, **kw)
+  large = tiling.tile_size_for_memory(8 << 30, **kw)
+  assert 204 <= small < large
+  for t in (small, large):
+    model_lib.output_size(t, 4)
+  assert tiling.estimate_memory(small, **kw) <= 1 << 30 < tiling.estimate_memory(small + 16, **kw)
+  assert tiling.tile_size_for_memory(8 << 30, max_tile=700, **kw) <= 700
+  with pytest.raises(UserInputError, match="too small"):
+    tiling.tile_size_for_memory(1 << 20, **kw)
+
+
+def test_default_tile_covers_small_images():
+  model, variables = _net(2, 4)
+  t = tiling.choose_tile_size(model, 30, 21, 1, batch_size=2, memory_budget=1 << 30)
+  assert t == model_lib.valid_input_size(30 + 2 * model_lib.border(2), 2)
+  out = tiling.predict_tiled(model, variables, _image(30, 21), batch_size=2, memory_budget=1 << 30)
+  assert out.shape == (30, 21, 2)
+
+
+def test_bfloat16_model_gives_float32():
+  model = UNet(features=4, depth=2, dropout_rate=0.0, dtype=jax.numpy.bfloat16)
+  _, variables = _net(2, 4)
+  out = tiling.predict_tiled(model, variables, _image(20, 20), tile_size=44)
+  assert out.dtype == np.float32
+  full = tiling.predict_tiled(_net(2, 4)[0], variables, _image(20, 20), tile_size=44)
+  assert np.abs(out - full).max() < 0.05

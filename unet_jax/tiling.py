@@ -1,0 +1,446 @@
+"""Overlap-tile inference (paper, Fig. 2) and test-time augmentation.
+
+An image of any size is mirror-padded (numpy ``'reflect'``) by the net's border
+(92 px at depth 4), cut into input tiles whose output tiles cover it, the tiles
+are run batched under one jitted function, and the output tiles are stitched.
+
+Seamlessness (SPEC section 4): a depth-d U-Net with VALID convolutions is
+shift-equivariant only for shifts that are multiples of ``2**d`` (the pooling
+grid). Tiles are therefore placed at output positions ``i * stride`` with
+``stride`` the largest multiple of ``2**d`` not above the output tile side
+(neighbouring output tiles overlap by ``out - stride`` px), and the image is
+reflect-padded further on the bottom/right so that the last tile fits; the
+result is cropped back. With this placement the stitched result equals one
+forward pass over the whole padded image (up to float summation order), which
+``tests/test_tiling.py`` checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax import model as model_lib
+from unet_jax.errors import UserInputError
+
+GiB = 1 << 30
+_MAX_TILE = 1 << 14  # search limit of tile_size_for_memory
+
+
+# --------------------------------------------------------------------------
+# Tile sizes.
+# --------------------------------------------------------------------------
+
+
+def smallest_usable_tile(depth: int = 4) -> int:
+  """Smallest valid input tile whose output covers one pooling cell (204 at depth 4)."""
+  size = model_lib.valid_input_size(1, depth)
+  while model_lib.output_size(size, depth) < 2**depth:
+    size = model_lib.valid_input_size(size + 1, depth)
+  return size
+
+
+def check_tile_size(tile_size: int, depth: int = 4) -> int:
+  """Checks that ``tile_size`` is a valid, usable input tile side.
+
+  Returns:
+    The output tile side.
+  Raises:
+    UserInputError: for an invalid size (the message names the nearest valid
+      ones) or one whose output is smaller than the ``2**depth`` pooling grid.
+  """
+  try:
+    out = model_lib.output_size(tile_size, depth)
+  except ValueError as e:
+    raise UserInputError(f"tile_size: {e}") from None
+  if out < 2**depth:
+    raise UserInputError(
+        f"tile_size {tile_size} gives a {out}-px output tile, smaller than the "
+        f"{2**depth}-px pooling grid of a depth-{depth} U-Net, so tiles cannot be "
+        f"placed seamlessly; the smallest usable tile_size is {smallest_usable_tile(depth)}")
+  return out
+
+
+def _conv_peak(n: int, c_in: int, c_out: int) -> int:
+  """Elements live during one VALID 3x3 conv: input, SAME output, cropped output."""
+  return n * n * c_in + n * n * c_out + (n - 2)**2 * c_out
+
+
+def activation_elements(tile_size: int, *, features: int, depth: int, num_classes: int,
+                        in_channels: int) -> int:
+  """Peak number of activation elements live in one forward pass of one tile.
+
+  The estimate walks the net (``unet_jax.model.UNet``) layer by layer and keeps
+  what a buffer-reusing compiler must hold at each step: the skip maps of the
+  encoder levels not yet consumed by the decoder, plus the inputs and outputs
+  of the current layer (a 3x3 conv counts its input, its SAME-padded output and
+  the cropped output, see ``unet_jax.layers.conv3x3_valid``; the concatenation
+  counts the up-convolution output, the cropped skip and the concatenated map).
+  The peak over all steps is returned. ``tile_size_for_memory`` documents how
+  it compares with the compiler's own figure.
+  """
+  n, c = tile_size, in_channels
+  skips: list[int] = []
+  peak = 0
+
+  def step(live: int) -> None:
+    nonlocal peak
+    peak = max(peak, sum(skips) + live)
+
+  for level in range(depth + 1):
+    f = features * 2**level
+    step(_conv_peak(n, c, f))
+    step(_conv_peak(n - 2, f, f))
+    n, c = n - 4, f
+    if level < depth:
+      skips.append(n * n * f)
+      step((n // 2)**2 * f)  # the pooled map (the skip is counted in `skips`)
+      n //= 2
+  for level in reversed(range(depth)):
+    f = features * 2**level
+    m = 2 * n
+    skip = skips.pop()
+    step(n * n * c + m * m * f + skip)  # up-convolution
+    step(m * m * f + m * m * f + m * m * 2 * f)  # cropped skip, concat
+    step(_conv_peak(m, 2 * f, f))
+    step(_conv_peak(m - 2, f, f))
+    n, c = m - 4, f
+  step(2 * n * n * c + 2 * n * n * num_classes)  # classifier, softmax
+  return peak
+
+
+def param_count(*, features: int, depth: int, num_classes: int, in_channels: int) -> int:
+  """Number of parameters of ``UNet(num_classes, features, depth)``."""
+  total, c = 0, in_channels
+  for level in range(depth + 1):
+    f = features * 2**level
+    total += 9 * c * f + f + 9 * f * f + f
+    c = f
+  for level in reversed(range(depth)):
+    f = features * 2**level
+    total += 4 * c * f + f + 9 * 2 * f * f + f + 9 * f * f + f
+    c = f
+  return total + c * num_classes + num_classes
+
+
+def estimate_memory(tile_size: int, *, features: int, depth: int, num_classes: int,
+                    in_channels: int, batch_size: int, dtype_bytes: int = 4) -> int:
+  """Estimated peak bytes of one batched inference call (see ``tile_size_for_memory``).
+
+  Parameters (float32, plus a ``dtype_bytes`` copy when the compute dtype is
+  narrower), the input batch and output probabilities (float32), and
+  ``batch_size`` times the activation peak of ``activation_elements``.
+  """
+  params = param_count(features=features, depth=depth, num_classes=num_classes,
+                       in_channels=in_channels)
+  out = model_lib.output_size(tile_size, depth)
+  io = batch_size * 4 * (tile_size**2 * in_channels + out**2 * num_classes)
+  act = activation_elements(tile_size, features=features, depth=depth,
+                            num_classes=num_classes, in_channels=in_channels)
+  return params * (4 + (dtype_bytes if dtype_bytes < 4 else 0)) + io + (
+      batch_size * dtype_bytes * act)
+
+
+def _usable_tiles(depth: int) -> Iterator[int]:
+  """Usable tile sides in increasing order (valid sizes step by ``2**depth``)."""
+  size = smallest_usable_tile(depth)
+  while True:
+    yield size
+    size = model_lib.valid_input_size(size + 1, depth)
+
+
+def tile_size_for_memory(budget_bytes: int, *, features: int, depth: int, num_classes: int,
+                         in_channels: int, batch_size: int, dtype_bytes: int = 4,
+                         max_tile: int | None = None) -> int:
+  """Largest usable tile side whose estimated inference memory fits ``budget_bytes``.
+
+  The estimate (``estimate_memory``) is parameters + input/output batch +
+  ``batch_size * dtype_bytes * activation_elements(...)``, where
+  ``activation_elements`` simulates the live set of a buffer-reusing compiler
+  layer by layer. Compared with XLA's own figure for the jitted inference call
+  (``compiled.memory_analysis()``: argument + output + temp bytes) on XLA:CPU,
+  float32, batch 4 (``benchmarks/inference.py --memory`` prints the table;
+  figures in ``results/inference_benchmark.md``):
+
+  ======  ========  ==========  =========  ======
+  tile    features  estimate    XLA        ratio
+  ======  ========  ==========  =========  ======
+  see results/inference_benchmark.md (memory table)
+  ======  ========  ==========  =========  ======
+
+  Args:
+    budget_bytes: memory available for one batched call.
+    features, depth, num_classes, in_channels: the net (``UNet`` fields).
+    batch_size: tiles per call.
+    dtype_bytes: bytes per activation element (4 float32, 2 bfloat16).
+    max_tile: no tile above this side is returned (e.g. one that already
+      covers the whole image); None = no cap.
+  Returns:
+    The tile side (a valid input size whose output is >= ``2**depth``).
+  Raises:
+    UserInputError: if not even the smallest usable tile fits.
+  """
+  est = functools.partial(estimate_memory, features=features, depth=depth,
+                          num_classes=num_classes, in_channels=in_channels,
+                          batch_size=batch_size, dtype_bytes=dtype_bytes)
+  best = None
+  for size in _usable_tiles(depth):
+    if (est(size) > budget_bytes or size > _MAX_TILE
+        or (best is not None and max_tile and size > max_tile)):
+      break
+    best = size
+  if best is None:
+    small = smallest_usable_tile(depth)
+    raise UserInputError(
+        f"memory budget {budget_bytes / GiB:.2f} GiB is too small for even the smallest "
+        f"tile ({small} px, about {est(small) / GiB:.2f} GiB at batch_size {batch_size}); "
+        f"lower batch_size or raise the budget")
+  return best
+
+
+def default_memory_budget() -> int:
+  """Half the accelerator's memory, or a quarter of the host RAM (at most 4 GiB) on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) // 2
+  try:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    ram = 8 * GiB
+  return min(ram // 4, 4 * GiB)
+
+
+# --------------------------------------------------------------------------
+# Tile placement.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+  """Where the tiles of one image go.
+
+  Attributes:
+    tile: input tile side.
+    out: output tile side.
+    stride: output stride between tiles (a multiple of ``2**depth``).
+    border: pixels the net loses on each side (92 at depth 4).
+    height, width: the image size.
+    rows, cols: output positions of the tiles' top-left corners.
+  """
+  tile: int
+  out: int
+  stride: int
+  border: int
+  height: int
+  width: int
+  rows: tuple[int, ...]
+  cols: tuple[int, ...]
+
+  @property
+  def padded_out(self) -> tuple[int, int]:
+    """Output extent covered by the tiles (>= the image size)."""
+    return self.rows[-1] + self.out, self.cols[-1] + self.out
+
+  @property
+  def num_tiles(self) -> int:
+    return len(self.rows) * len(self.cols)
+
+
+def _positions(length: int, out: int, stride: int) -> tuple[int, ...]:
+  count = -(-max(length - out, 0) // stride) + 1
+  return tuple(i * stride for i in range(count))
+
+
+def plan_tiles(height: int, width: int, tile_size: int, depth: int) -> TilePlan:
+  """Places output tiles on the ``2**depth`` grid so they cover ``height x width``."""
+  out = check_tile_size(tile_size, depth)
+  stride = out // 2**depth * 2**depth
+  return TilePlan(tile=tile_size, out=out, stride=stride, border=model_lib.border(depth),
+                  height=height, width=width, rows=_positions(height, out, stride),
+                  cols=_positions(width, out, stride))
+
+
+def pad_image(image: np.ndarray, plan: TilePlan) -> np.ndarray:
+  """Reflect-pads ``image`` [H, W, C] to the input extent of the plan.
+
+  ``border`` on the top/left, ``border`` plus the grid remainder on the
+  bottom/right. One forward pass over this array, cropped to ``[:H, :W]``, is
+  what the stitched tiles equal.
+  """
+  ph, pw = plan.padded_out
+  b = plan.border
+  return np.pad(image, ((b, ph - plan.height + b), (b, pw - plan.width + b), (0, 0)),
+                mode="reflect")
+
+
+def extract_tiles(padded: np.ndarray, plan: TilePlan) -> np.ndarray:
+  """Input tiles ``[num_tiles, tile, tile, C]`` in row-major order."""
+  t = plan.tile
+  return np.stack([padded[r:r + t, c:c + t] for r in plan.rows for c in plan.cols])
+
+
+def stitch(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
+  """Assembles output tiles ``[num_tiles, out, out, K]`` into ``[H, W, K]``.
+
+  Overlapping pixels are equal up to float tolerance (grid placement), so later
+  tiles simply overwrite earlier ones.
+  """
+  ph, pw = plan.padded_out
+  result = np.empty((ph, pw, outputs.shape[-1]), outputs.dtype)
+  o = plan.out
+  tiles = iter(outputs)
+  for r in plan.rows:
+    for c in plan.cols:
+      result[r:r + o, c:c + o] = next(tiles)
+  return result[:plan.height, :plan.width]
+
+
+# --------------------------------------------------------------------------
+# Test-time augmentation: the dihedral group D4 (4 rotations x optional flip).
+# --------------------------------------------------------------------------
+
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def transform(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+  """Flips (left-right, if ``flip``) then rotates by ``k`` quarter turns; x [H, W, ...]."""
+  return np.rot90(x[:, ::-1] if flip else x, k, axes=(0, 1))
+
+
+def inverse_transform(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
+  """Undoes ``transform(., k, flip)`` on an output ``[H, W, ...]``."""
+  y = np.rot90(y, -k, axes=(0, 1))
+  return y[:, ::-1] if flip else y
+
+
+# --------------------------------------------------------------------------
+# Prediction.
+# --------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _probabilities(model: nn.Module, variables: Any, tiles: jax.Array) -> jax.Array:
+  """Softmax probabilities [B, out, out, K] (float32) of a batch of tiles."""
+  return jax.nn.softmax(model.apply(variables, tiles, train=False).astype(jnp.float32), -1)
+
+
+def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size: int,
+                progress: bool = False) -> np.ndarray:
+  """Runs ``tiles`` [N, T, T, C] through the net in fixed-size batches.
+
+  The last batch is zero-padded to ``batch_size`` so every call has the same
+  shape: one compilation per (model, tile size, batch size), none per image.
+
+  Returns:
+    float32 probabilities ``[N, out, out, K]``.
+  """
+  n = len(tiles)
+  starts = range(0, n, batch_size)
+  if progress:
+    from tqdm.auto import tqdm
+    starts = tqdm(starts, desc="tiles", unit="batch", leave=False)
+  outs = []
+  for s in starts:
+    batch = tiles[s:s + batch_size]
+    if len(batch) < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
+                                              batch.dtype)])
+    outs.append(np.asarray(_probabilities(model, variables, jnp.asarray(batch))))
+  return np.concatenate(outs)[:n]
+
+
+def _as_hwc(image: np.ndarray) -> np.ndarray:
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3:
+    raise UserInputError(f"expected an image [H, W] or [H, W, C], got shape {image.shape}")
+  return image
+
+
+def _check_channels(variables: Any, channels: int) -> None:
+  try:
+    expected = variables["params"]["down0_conv0"]["kernel"].shape[2]
+  except (KeyError, TypeError, AttributeError):
+    return
+  if expected != channels:
+    raise UserInputError(f"the image has {channels} channel(s) but the model was trained "
+                         f"on {expected}; convert the image (e.g. to greyscale) first")
+
+
+def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
+                     batch_size: int, memory_budget: int | None = None) -> int:
+  """Largest usable tile within the memory budget, capped at one covering the image."""
+  depth = model.depth
+  cover = model_lib.valid_input_size(max(height, width) + 2 * model_lib.border(depth), depth)
+  return tile_size_for_memory(
+      memory_budget or default_memory_budget(), features=model.features, depth=depth,
+      num_classes=model.num_classes, in_channels=channels, batch_size=batch_size,
+      dtype_bytes=jnp.dtype(model.dtype).itemsize,
+      max_tile=max(cover, smallest_usable_tile(depth)))
+
+
+def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
+                  tile_size: int | None = None, batch_size: int = 4, tta: bool = False,
+                  memory_budget: int | None = None, progress: bool = False) -> np.ndarray:
+  """Softmax probabilities of an image of any size by overlap-tile inference.
+
+  Args:
+    model: a ``unet_jax.UNet`` (any ``dtype``; logits come back float32).
+    variables: its variables, ``{"params": ...}``.
+    image: ``[H, W]`` or ``[H, W, C]``, normalised like the training data.
+    tile_size: input tile side, a valid size whose output is at least
+      ``2**depth`` (204 is the smallest at depth 4). None = the largest that
+      fits ``memory_budget`` (``tile_size_for_memory``), but no larger than one
+      tile covering the whole image.
+    batch_size: tiles per jitted call.
+    tta: average the predictions of the 8 flips/rotations of the image (the
+      dihedral group), each mapped back before averaging.
+    memory_budget: bytes for ``tile_size=None``; None = ``default_memory_budget()``.
+    progress: show a tqdm progress bar over the batches.
+  Returns:
+    float32 ``[H, W, K]`` softmax probabilities.
+  Raises:
+    UserInputError: for an invalid or too small ``tile_size`` or a wrong number
+      of channels.
+  """
+  image = _as_hwc(image)
+  h, w, c = image.shape
+  _check_channels(variables, c)
+  if tile_size is None:
+    tile_size = choose_tile_size(model, h, w, c, batch_size, memory_budget)
+  check_tile_size(tile_size, model.depth)
+  transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+  views = [transform(image, k, flip) for k, flip in transforms]
+  plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth) for v in views]
+  # All views' tiles go through one batched loop: full batches, one compilation.
+  tiles = np.concatenate([extract_tiles(pad_image(v, p), p) for v, p in zip(views, plans)])
+  outputs = run_batched(model, variables, tiles, batch_size, progress)
+  total = np.zeros((h, w, outputs.shape[-1]), np.float32)
+  start = 0
+  for (k, flip), plan in zip(transforms, plans):
+    total += inverse_transform(stitch(outputs[start:start + plan.num_tiles], plan), k, flip)
+    start += plan.num_tiles
+  return total / len(transforms)
+
+
+def full_image_reference(model: nn.Module, variables: Any, image: np.ndarray,
+                         tile_size: int) -> np.ndarray:
+  """One forward pass over the whole padded image that ``predict_tiled`` tiles.
+
+  For tests and checks: the padding is the one of the tile plan, so the result
+  is what the stitched tiles must equal. Returns float32 ``[H, W, K]``.
+  """
+  image = _as_hwc(image)
+  plan = plan_tiles(image.shape[0], image.shape[1], tile_size, model.depth)
+  padded = pad_image(image, plan)[None]
+  return np.asarray(_probabilities(model, variables, jnp.asarray(padded)))[
+      0, :plan.height, :plan.width]
+
