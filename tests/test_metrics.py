@@ -1,0 +1,228 @@
+"""Metrics of SPEC section 6 against brute-force references and hand-computed values."""
+
+import collections
+import itertools
+import math
+import time
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from unet_jax import metrics
+
+
+def _random_labels(rng, shape=(6, 7), segs=4, seg_zero=0.25, gt_zero=0.2):
+  seg = rng.integers(1, segs + 1, shape)
+  seg[rng.random(shape) < seg_zero] = 0
+  gt = rng.integers(1, segs + 1, shape)
+  gt[rng.random(shape) < gt_zero] = 0
+  return seg, gt
+
+
+def _scored_pixels(gt):
+  return [p for p in np.ndindex(gt.shape) if gt[p] > 0]
+
+
+def _brute_rand(seg, gt):
+  """Counts ordered pixel pairs (self pairs included) over GT foreground, O(n^2)."""
+  pixels = _scored_pixels(gt)
+  a = b = c = 0
+  for x, y in itertools.product(pixels, repeat=2):
+    same_t = gt[x] == gt[y]
+    same_s = x == y or (seg[x] == seg[y] and seg[x] > 0)  # S background = singletons
+    a += same_t
+    b += same_s
+    c += same_t and same_s
+  p, r = c / b, c / a
+  return 2 * p * r / (p + r)
+
+
+def _entropy(labels):
+  n = len(labels)
+  return -sum(k / n * math.log(k / n) for k in collections.Counter(labels).values())
+
+
+def _hand_info(seg, gt):
+  """V_info from entropies of explicit per-pixel segment ids (S background = unique ids)."""
+  pixels = _scored_pixels(gt)
+  s = [seg[p] if seg[p] > 0 else ("single", p) for p in pixels]
+  t = [gt[p] for p in pixels]
+  h_s, h_t = _entropy(s), _entropy(t)
+  mutual = h_s + h_t - _entropy(list(zip(s, t)))
+  return 2 * mutual / (h_s + h_t)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rand_f_score_matches_pair_counting(seed):
+  seg, gt = _random_labels(np.random.default_rng(seed))
+  assert metrics.rand_f_score(seg, gt) == pytest.approx(_brute_rand(seg, gt), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_info_f_score_matches_hand_entropies(seed):
+  seg, gt = _random_labels(np.random.default_rng(seed))
+  assert metrics.info_f_score(seg, gt) == pytest.approx(_hand_info(seg, gt), rel=1e-10)
+
+
+def test_arbitrary_label_values_are_relabelled():
+  seg, gt = _random_labels(np.random.default_rng(7))
+  expected = metrics.rand_f_score(seg, gt)
+  big = np.where(seg > 0, seg * 10**9 + 5, 0)
+  assert metrics.rand_f_score(big, gt * 1000) == pytest.approx(expected)
+  assert metrics.info_f_score(big, gt) == pytest.approx(metrics.info_f_score(seg, gt))
+
+
+def test_ignore_pixels_are_excluded():
+  rng = np.random.default_rng(3)
+  seg, gt = _random_labels(rng)
+  ignore = rng.random(gt.shape) < 0.3
+  cut = np.where(ignore, 0, gt)  # excluding = making them GT background
+  assert metrics.rand_f_score(seg, gt, ignore) == pytest.approx(_brute_rand(seg, cut))
+  negative = np.where(ignore, -1, gt)
+  assert metrics.info_f_score(seg, negative) == pytest.approx(_hand_info(seg, cut))
+
+
+def test_perfect_and_trivial_scores():
+  gt = np.array([[1, 1, 0, 2], [1, 1, 0, 2], [0, 0, 0, 2]])
+  assert metrics.rand_f_score(gt, gt) == 1.0
+  assert metrics.info_f_score(gt * 7, gt) == pytest.approx(1.0)
+  assert metrics.rand_f_score(np.zeros_like(gt), gt) < 1.0  # all singletons
+  assert metrics.rand_f_score(gt, np.zeros_like(gt)) == 1.0  # nothing to score
+
+
+def _isbi_labels(data_root, slices=slice(0, 2)):
+  import tifffile
+  labels = tifffile.imread(data_root / "isbi2012" / "train-labels.tif")[slices]
+  return labels == 255  # 255 = cell interior
+
+
+def test_perfect_prediction_on_real_isbi_labels(data_root):
+  cells = _isbi_labels(data_root)
+  scores = metrics.isbi_scores(cells.astype(np.float32), cells)
+  assert scores["vrand"] == pytest.approx(1.0)
+  assert scores["vinfo"] == pytest.approx(1.0)
+  assert scores["rand_error"] == pytest.approx(0.0, abs=1e-12)
+  assert scores["pixel_error"] == pytest.approx(0.0, abs=1e-12)
+  assert scores["warping_error"] == 0.0
+  assert scores["num_slices"] == 2
+  assert len(scores["curves"]["vrand"]) == 11
+
+
+def _merge_two_cells(cells):
+  """Paints a 3-px bridge across the membrane between the largest cell and its nearest neighbour."""
+  from skimage.draw import line
+  labels = metrics.components(cells)
+  a = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+  dist, nearest = ndi.distance_transform_edt(labels != a, return_indices=True)
+  dist[(labels == 0) | (labels == a)] = np.inf
+  b_pixel = np.unravel_index(np.argmin(dist), dist.shape)
+  a_pixel = nearest[:, b_pixel[0], b_pixel[1]]
+  bridge = np.zeros_like(cells)
+  bridge[line(*a_pixel, *b_pixel)] = True
+  merged = cells | ndi.binary_dilation(bridge)
+  assert metrics.components(merged).max() == labels.max() - 1
+  return merged
+
+
+def test_merging_two_cells_lowers_scores(data_root):
+  cells = _isbi_labels(data_root, slice(0, 1))
+  merged = _merge_two_cells(cells[0])[None]
+  scores = metrics.isbi_scores(merged.astype(np.float32), cells, thresholds=[0.5])
+  assert scores["vrand"] < 0.999
+  assert scores["vinfo"] < 1.0
+  assert scores["warping_error"] > 0
+  assert metrics.warping_error(merged[0], cells[0]) > 0
+
+
+def test_isbi_scores_skips_slices_without_cells():
+  gt = np.zeros((2, 8, 8), np.int32)
+  gt[1, 2:6, 2:6] = 1
+  prob = gt.astype(np.float32)
+  with pytest.warns(UserWarning, match="slice 0"):
+    scores = metrics.isbi_scores(prob, gt, warping=False)
+  assert scores["num_slices"] == 1 and scores["vrand"] == 1.0
+  assert np.isnan(scores["warping_error"])
+
+
+def test_isbi_ignore_label():
+  gt = np.zeros((1, 10, 10), np.int32)
+  gt[0, 1:4, 1:9] = 1
+  gt[0, 6:9, 1:9] = 1
+  prob = gt.astype(np.float32)
+  prob[0, 4:6, 3] = 1.0  # a bridge that merges the two cells ...
+  gt[0, 4:6, 3] = -1     # ... over pixels the ground truth ignores
+  assert metrics.isbi_scores(prob, gt, thresholds=[0.5])["warping_error"] == 0.0
+  gt[0, 4:6, 3] = 0
+  assert metrics.isbi_scores(prob, gt, thresholds=[0.5])["warping_error"] > 0
+
+
+def test_thin_boundaries_gives_one_pixel_lines():
+  mask = np.ones((9, 12), bool)
+  mask[:, 5:8] = False  # a 3-px membrane between two cells
+  thin = metrics.thin_boundaries(mask)
+  assert set(np.unique(thin)) == {0, 1, 2}
+  assert np.count_nonzero(thin == 0) == 9  # one column of line pixels
+  assert np.all(thin[:, :5] == 1) and np.all(thin[:, 8:] == 2)
+
+
+def test_warping_error_of_simple_cases():
+  gt = np.zeros((12, 12), bool)
+  gt[2:10, 2:5] = gt[2:10, 7:10] = True
+  assert metrics.warping_error(gt, gt) == 0.0
+  shifted = np.zeros_like(gt)
+  shifted[3:11, 2:6] = shifted[3:11, 7:10] = True  # same topology, moved borders
+  assert metrics.warping_error(shifted, gt) == 0.0
+  merged = gt.copy()
+  merged[5, 5:7] = True  # a 2-px bridge: one pixel flips (simple), one merges
+  assert metrics.warping_error(merged, gt) == pytest.approx(1 / gt.size)
+  split = gt.copy()
+  split[5, 2:5] = False  # a cut across the first cell
+  # the warp narrows the 3-px cut to its middle pixel, which splits
+  assert metrics.warping_error(split, gt) == pytest.approx(1 / gt.size)
+  hole = gt.copy()
+  hole[5, 8] = False  # a hole: topological, but neither split nor merge
+  assert metrics.warping_error(hole, gt) == 0.0
+
+
+def test_simple_point_tables():
+  t4, t8 = metrics._topology_tables()
+  simple = (t4 == 1) & (t8 == 1)
+  assert not simple[0]          # isolated pixel: adding it creates an object
+  assert not simple[255]        # fully surrounded: removing it creates a hole
+  assert simple[1 << 1]         # only the north neighbour
+  assert not simple[(1 << 1) | (1 << 6)]  # north and south only: joins two parts
+  assert not simple[1 << 0]     # only a diagonal neighbour: not 4-connected
+
+
+def test_seg_score_hand_computed():
+  gt = np.zeros((6, 8), np.int32)
+  gt[0:2, 0:4] = 1   # 8 px
+  gt[3:6, 0:2] = 2   # 6 px
+  gt[3:6, 5:8] = 3   # 9 px
+  pred = np.zeros_like(gt)
+  pred[0:2, 0:3] = 5  # 6 of 8 px of object 1: J = 6 / 8
+  pred[3:6, 0:1] = 6  # 3 of 6 px of object 2: not > 0.5 |R|: J = 0
+  pred[2:6, 5:8] = 7  # covers object 3 (9 px) plus 3 px: J = 9 / 12
+  expected = (6 / 8 + 0 + 9 / 12) / 3
+  assert metrics.seg_score(pred, gt) == pytest.approx(expected)
+  assert metrics.seg_score(np.stack([pred, gt]), np.stack([gt, gt])) == pytest.approx(
+      (6 / 8 + 0 + 9 / 12 + 3) / 6)
+  assert metrics.seg_score(gt, gt) == 1.0
+
+
+def test_seg_score_without_reference_objects_warns():
+  with pytest.warns(UserWarning, match="no reference"):
+    assert np.isnan(metrics.seg_score(np.ones((3, 3), int), np.zeros((3, 3), int)))
+
+
+def test_rand_and_info_are_fast():
+  rng = np.random.default_rng(0)
+  seeds = rng.random((512, 512)) < 0.002
+  gt = ndi.label(ndi.binary_dilation(seeds, iterations=6))[0]
+  seg = ndi.label(ndi.binary_dilation(seeds, iterations=5))[0]
+  start = time.perf_counter()
+  for _ in range(30):
+    metrics.rand_f_score(seg, gt)
+    metrics.info_f_score(seg, gt)
+  assert time.perf_counter() - start < 10.0

@@ -1,0 +1,512 @@
+"""Segmentation metrics of SPEC section 6, written from the formulas.
+
+Label images: ``0`` = background / boundary, ``k > 0`` = segment k. Ground-truth
+pixels with a negative label (or where an ``ignore`` mask is True) are excluded
+from every score.
+
+* ``rand_f_score`` / ``info_f_score``: the foreground-restricted Rand and
+  information F-scores (V_rand, V_info of the ISBI 2012 challenge). Only pixels
+  where the ground truth T is foreground count; pixels that the proposal S
+  labels 0 count as singleton segments.
+* ``isbi_scores``: the challenge protocol over a stack of cell probabilities
+  (threshold sweep, 4-connected components, boundary thinning, best
+  threshold).
+* ``warping_error``: topology errors left after warping the ground truth
+  towards the prediction by simple-point flips (Jain et al., 2010).
+* ``seg_score``: the Cell Tracking Challenge SEG measure.
+
+All counting uses a sparse contingency table (``scipy.sparse``), so a
+512x512 slice is scored in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+import scipy.sparse
+from skimage.segmentation import watershed
+
+DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 11), 10)
+
+_FOUR = ndi.generate_binary_structure(2, 1)
+_EIGHT = ndi.generate_binary_structure(2, 2)
+
+
+# --------------------------------------------------------------------------
+# Contingency tables.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlap:
+  """Contingency table of a proposal S and a ground truth T over GT foreground.
+
+  Attributes:
+    table: ``[I, J]`` sparse counts n_ij; row 0 = pixels that S labels 0,
+      rows 1.. = the segments of S, columns = the segments of T.
+    n: number of pixels counted.
+  """
+  table: scipy.sparse.csr_matrix
+  n: int
+
+  @property
+  def background(self) -> np.ndarray:
+    """n_0j: pixels of each T segment that S labels background, ``[J]``."""
+    return np.asarray(self.table[0].todense()).ravel()
+
+  @property
+  def segments(self) -> scipy.sparse.csr_matrix:
+    """n_ij for the segments i > 0 of S, ``[I - 1, J]``."""
+    return self.table[1:]
+
+
+def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
+  """Labels as row/column indices (0 stays 0) and their count.
+
+  Non-negative integer labels of moderate size are used as they are (empty
+  rows/columns add nothing to any score); others are relabelled by np.unique.
+  """
+  if labels.dtype == bool:
+    return labels.astype(np.int64), 2
+  if (np.issubdtype(labels.dtype, np.integer) and labels.size
+      and labels.min() >= 0 and labels.max() <= 4 * labels.size + 1024):
+    return labels.astype(np.int64), int(labels.max()) + 1
+  values, ids = np.unique(labels, return_inverse=True)
+  if values.size and values[0] == 0:
+    return ids, values.size
+  return ids + 1, values.size + 1  # no background in S: row 0 stays empty
+
+
+def _foreground(gt: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
+  mask = gt > 0
+  return mask if ignore is None else mask & ~np.asarray(ignore, bool)
+
+
+def overlap(seg: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> Overlap:
+  """Contingency table of ``seg`` vs ``gt`` over the GT foreground pixels.
+
+  Args:
+    seg: proposal label image, any shape; 0 = background (singletons).
+    gt: ground-truth label image, same shape; 0 = background, < 0 = ignore
+      (both excluded).
+    ignore: optional bool mask of further pixels to exclude.
+  """
+  seg, gt = np.asarray(seg), np.asarray(gt)
+  if seg.shape != gt.shape:
+    raise ValueError(f"segmentation {seg.shape} and ground truth {gt.shape} differ in shape")
+  mask = _foreground(gt, ignore)
+  rows, n_rows = _dense_ids(seg[mask])
+  cols, n_cols = _dense_ids(gt[mask])
+  table = scipy.sparse.csr_matrix((np.ones(rows.size, np.int64), (rows, cols)),
+                                  shape=(max(n_rows, 1), max(n_cols, 1)))
+  table.sum_duplicates()
+  return Overlap(table, int(rows.size))
+
+
+def _f_score(precision: float, recall: float) -> float:
+  return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------
+# V_rand and V_info.
+# --------------------------------------------------------------------------
+
+
+def rand_counts(o: Overlap) -> tuple[float, float, float]:
+  """(A, B, C) of SPEC section 6: pairs within T, within S, within both.
+
+  A = sum_j t_j^2, B = sum_{i>0} s_i^2 + sum_j n_0j,
+  C = sum_{i>0,j} n_ij^2 + sum_j n_0j (ordered pairs, self pairs included;
+  S-background pixels are singletons).
+  """
+  t = np.asarray(o.table.sum(axis=0), np.float64).ravel()
+  seg = o.segments
+  s = np.asarray(seg.sum(axis=1), np.float64).ravel()
+  n0 = float(o.background.sum())
+  return float(t @ t), float(s @ s) + n0, float(seg.multiply(seg).sum()) + n0
+
+
+def rand_f_score(seg: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+  """Foreground-restricted Rand F-score V_rand = 2PR / (P + R) in [0, 1].
+
+  Args:
+    seg: proposal label image ``[H, W]`` (or any shape); 0 = background, each
+      such pixel counts as its own segment. Scored as given (no thresholding
+      or thinning).
+    gt: ground-truth label image of the same shape; only pixels with gt > 0
+      count (0 = boundary, < 0 = ignore).
+    ignore: optional bool mask of pixels to exclude as well.
+  Returns:
+    V_rand (1.0 if there is no GT foreground to score).
+  """
+  return rand_from_overlap(overlap(seg, gt, ignore))
+
+
+def rand_from_overlap(o: Overlap) -> float:
+  """V_rand of a contingency table (1.0 if it is empty)."""
+  if o.n == 0:
+    return 1.0
+  a, b, c = rand_counts(o)
+  return _f_score(c / b, c / a)
+
+
+def _entropy_terms(counts: np.ndarray, n: int) -> float:
+  """sum p log p over the cells with counts > 0 (p = count / n)."""
+  p = counts[counts > 0] / n
+  return float(np.sum(p * np.log(p)))
+
+
+def info_terms(o: Overlap) -> tuple[float, float, float]:
+  """(H(S), H(T), I(S;T)) in nats, S-background pixels as singletons."""
+  n = o.n
+  t = np.asarray(o.table.sum(axis=0)).ravel()
+  seg = o.segments
+  s = np.asarray(seg.sum(axis=1)).ravel()
+  n0 = float(o.background.sum())
+  singles = n0 / n * np.log(1.0 / n)  # each singleton has probability 1/n
+  h_s = -(_entropy_terms(s, n) + singles)
+  h_t = -_entropy_terms(t, n)
+  h_st = -(_entropy_terms(seg.data, n) + singles)
+  return h_s, h_t, h_s + h_t - h_st
+
+
+def info_f_score(seg: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+  """Foreground-restricted information F-score V_info = 2 I(S;T) / (H(S) + H(T)).
+
+  Same conventions and arguments as ``rand_f_score``. Returns 1.0 when both
+  entropies are 0 (one segment each, identical) or there is no GT foreground.
+  """
+  return info_from_overlap(overlap(seg, gt, ignore))
+
+
+def info_from_overlap(o: Overlap) -> float:
+  """V_info of a contingency table (1.0 if it is empty)."""
+  if o.n == 0:
+    return 1.0
+  h_s, h_t, mutual = info_terms(o)
+  if h_s + h_t <= 1e-12:
+    return 1.0
+  return float(np.clip(2 * mutual / (h_s + h_t), 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------
+# From probabilities to segments.
+# --------------------------------------------------------------------------
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+  """4-connected components of a 2-D bool mask; int32 labels, 0 = background."""
+  return ndi.label(mask, structure=_FOUR)[0].astype(np.int32)
+
+
+def thin_boundaries(mask: np.ndarray) -> np.ndarray:
+  """Segments of a cell mask with boundaries thinned to 1-px lines (SPEC section 6).
+
+  A watershed of the background's distance transform (distance of each
+  boundary pixel to the nearest cell pixel), seeded by the 4-connected cell
+  components, 4-connectivity, ``watershed_line=True``: every boundary pixel
+  joins the nearest cell except the 1-px lines where cells meet (label 0).
+
+  Args:
+    mask: ``[H, W]`` bool, True = cell.
+  Returns:
+    int32 ``[H, W]`` labels, 0 = the watershed lines.
+  """
+  seeds = components(mask)
+  if seeds.max() == 0:
+    return seeds
+  distance = ndi.distance_transform_edt(~mask)
+  return watershed(distance, markers=seeds, connectivity=1,
+                   watershed_line=True).astype(np.int32)
+
+
+def pixel_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> float:
+  """F1 of the pixel classification with cell (True) as the positive class."""
+  if valid is not None:
+    pred, gt = pred[valid], gt[valid]
+  tp = np.count_nonzero(pred & gt)
+  denom = np.count_nonzero(pred) + np.count_nonzero(gt)
+  return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+# --------------------------------------------------------------------------
+# Warping error (Jain et al., "Boundary learning by optimization with
+# topological constraints", CVPR 2010).
+# --------------------------------------------------------------------------
+
+# Offsets of the 8 neighbours, bit i of a neighbourhood code = neighbour i.
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _patch(code: int) -> np.ndarray:
+  patch = np.zeros((3, 3), bool)
+  for bit, (dr, dc) in enumerate(_NEIGHBOURS):
+    patch[1 + dr, 1 + dc] = bool(code >> bit & 1)
+  return patch
+
+
+@functools.lru_cache(maxsize=None)
+def _topology_tables() -> tuple[np.ndarray, np.ndarray]:
+  """Per 8-neighbourhood code: T4 of the foreground and T8 of the background.
+
+  T4 = number of 4-connected foreground components in the punctured 3x3
+  neighbourhood that touch the centre 4-adjacently; T8 = number of
+  8-connected background components there. The centre is simple for
+  (4, 8) topology iff T4 == T8 == 1.
+  """
+  t4 = np.zeros(256, np.int8)
+  t8 = np.zeros(256, np.int8)
+  cross = np.zeros((3, 3), bool)
+  cross[[0, 1, 1, 2], [1, 0, 2, 1]] = True
+  for code in range(256):
+    fg = _patch(code)
+    labels, _ = ndi.label(fg, structure=_FOUR)
+    t4[code] = np.unique(labels[cross & fg]).size
+    bg = ~fg
+    bg[1, 1] = False
+    t8[code] = ndi.label(bg, structure=_EIGHT)[1]
+  return t4, t8
+
+
+def _codes(padded: np.ndarray, flat: np.ndarray, width: int) -> np.ndarray:
+  """Neighbourhood codes of the pixels ``flat`` (indices into ``padded.ravel()``)."""
+  image = padded.ravel()
+  code = np.zeros(flat.size, np.int32)
+  for bit, (dr, dc) in enumerate(_NEIGHBOURS):
+    code |= image[flat + dr * width + dc].astype(np.int32) << bit
+  return code
+
+
+def warp_towards(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """Warps ``gt`` towards ``pred`` by flipping simple points only.
+
+  Topology: 4-connected foreground, 8-connected background; outside the image
+  is background. Only pixels where the warped image still differs from
+  ``pred`` are flipped, and only while they are simple, so the warped image
+  has the topology of ``gt`` and the fewest differences this greedy scheme
+  finds.
+
+  Approximation: instead of one pixel at a time in a global priority order
+  (Jain et al. use a priority queue), each sweep flips, in four phases, all
+  currently simple mismatches of one 2x2 sub-lattice ``(r % 2, c % 2)``.
+  Pixels of one phase are never 8-adjacent, so flipping them together is
+  equivalent to flipping them one by one (each keeps its neighbourhood).
+  The sweeps proceed from the current object borders inwards, i.e. in the
+  order of distance to the ground-truth boundary; the final image is a local
+  minimum of the mismatch under simple-point flips, like the exact method's.
+
+  Args:
+    gt, pred: ``[H, W]`` bool.
+  Returns:
+    the warped ``[H, W]`` bool.
+  """
+  h, w = gt.shape
+  width = w + 2
+  padded = np.pad(np.asarray(gt, bool), 1)
+  target = np.pad(np.asarray(pred, bool), 1).ravel()
+  rows, cols = np.nonzero(padded != target.reshape(padded.shape))
+  flat = rows * width + cols
+  phase = (rows % 2) * 2 + cols % 2
+  t4, t8 = _topology_tables()
+  simple = (t4 == 1) & (t8 == 1)
+  image = padded.ravel()
+  changed = True
+  while changed and flat.size:
+    changed = False
+    for p in range(4):
+      candidates = flat[phase == p]
+      flips = candidates[simple[_codes(padded, candidates, width)]]
+      if flips.size:
+        image[flips] = target[flips]
+        changed = True
+    still = image[flat] != target[flat]
+    flat, phase = flat[still], phase[still]
+  return padded[1:-1, 1:-1]
+
+
+def topology_errors(warped: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
+  """(splits, merges) among the pixels where ``warped`` and ``pred`` still differ.
+
+  After warping, every remaining mismatch is non-simple. Adding a pixel that
+  touches T4 >= 2 foreground components of ``warped`` joins objects (the
+  prediction merges them); removing one with T4 >= 2 cuts an object (a
+  split). Mismatches that would create or delete an object or a hole are
+  not splits or merges and are not counted.
+  """
+  width = warped.shape[1] + 2
+  padded = np.pad(np.asarray(warped, bool), 1)
+  rows, cols = np.nonzero(padded[1:-1, 1:-1] != pred)
+  flat = (rows + 1) * width + cols + 1
+  t4, _ = _topology_tables()
+  joins = t4[_codes(padded, flat, width)] >= 2
+  adds = np.asarray(pred, bool)[rows, cols]
+  return int(np.count_nonzero(joins & ~adds)), int(np.count_nonzero(joins & adds))
+
+
+def warping_error(pred_binary: np.ndarray, gt_binary: np.ndarray,
+                  ignore: np.ndarray | None = None) -> float:
+  """Warping error of a binary cell mask: (splits + merges) / pixels.
+
+  The ground truth is warped towards the prediction with simple-point flips
+  (``warp_towards``; 4-connected foreground, 8-connected background), and the
+  remaining mismatches that split or merge objects (``topology_errors``) are
+  counted, divided by the number of pixels.
+
+  Args:
+    pred_binary: ``[H, W]`` bool, True = cell.
+    gt_binary: ``[H, W]`` bool, True = cell.
+    ignore: optional bool mask; there the prediction is replaced by the
+      ground truth, so those pixels never count as errors.
+  Returns:
+    the error in [0, 1]; 0 for identical masks.
+  """
+  pred = np.asarray(pred_binary, bool)
+  gt = np.asarray(gt_binary, bool)
+  if ignore is not None:
+    pred = np.where(ignore, gt, pred)
+  warped = warp_towards(gt, pred)
+  return sum(topology_errors(warped, pred)) / pred.size
+
+
+# --------------------------------------------------------------------------
+# ISBI 2012 protocol.
+# --------------------------------------------------------------------------
+
+
+def _slice_scores(prob: np.ndarray, gt: np.ndarray, thresholds: np.ndarray,
+                  warping: bool) -> dict[str, np.ndarray]:
+  """Per-threshold scores of one slice: prob [H, W] float, gt [H, W] int."""
+  ignore = (gt != 0) & (gt != 1)
+  cells = gt == 1
+  truth = components(cells)
+  curves = {k: np.full(thresholds.size, np.nan) for k in
+            ("vrand", "vinfo", "rand_f_raw", "pixel_f1", "warping_error")}
+  for i, t in enumerate(thresholds):
+    binary = prob > t
+    thin = overlap(thin_boundaries(binary), truth, ignore)
+    curves["vrand"][i] = rand_from_overlap(thin)
+    curves["vinfo"][i] = info_from_overlap(thin)
+    curves["rand_f_raw"][i] = rand_f_score(components(binary), truth, ignore)
+    curves["pixel_f1"][i] = pixel_f1(binary, cells, ~ignore)
+    if warping and t < 0.95:  # SPEC: min over thresholds 0 .. 0.9
+      curves["warping_error"][i] = warping_error(binary, cells, ignore)
+  return curves
+
+
+def isbi_scores(cell_prob: np.ndarray | Sequence[np.ndarray],
+                gt_cell_mask: np.ndarray | Sequence[np.ndarray],
+                thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
+                warping: bool = True) -> dict:
+  """The ISBI 2012 scores of a stack of cell-interior probabilities.
+
+  Per slice and threshold t: cell mask = prob > t; proposal segments = its
+  4-connected components after ``thin_boundaries``; ground-truth segments =
+  4-connected components of the GT cell mask. Scores are averaged over the
+  slices at each threshold, then the best threshold is taken per score.
+
+  Args:
+    cell_prob: ``[S, H, W]`` (or a list of ``[H, W]``) probabilities that a
+      pixel is cell interior (not membrane).
+    gt_cell_mask: same shape, bool or int: 1 / True = cell interior,
+      0 = membrane; any other value (e.g. -1, 255 in a K=2 label map) is
+      ignored (excluded from every score). Slices without GT cell pixels are
+      skipped with a warning.
+    thresholds: the sweep, default 0.0, 0.1, ..., 1.0.
+    warping: compute the warping error (the slowest part) for t <= 0.9.
+  Returns:
+    dict with ``vrand``, ``vinfo`` (max over t of the thinned V_rand / V_info),
+    ``rand_error`` (1 - max_t V_rand without thinning), ``pixel_error``
+    (1 - max_t pixel F1), ``warping_error`` (min over t <= 0.9; NaN if
+    ``warping=False``), ``best_threshold`` (argmax of V_rand),
+    ``num_slices`` (scored), and ``curves``: ``{"threshold": [T], "vrand":
+    [T], "vinfo", "rand_f_raw", "pixel_f1", "warping_error"}`` lists of floats.
+  """
+  thresholds = np.asarray(thresholds, np.float64)
+  per_slice = []
+  for index, (prob, gt) in enumerate(zip(cell_prob, gt_cell_mask)):
+    gt = np.asarray(gt)
+    gt = gt.astype(np.int32) if gt.dtype == bool else gt
+    if prob.shape != gt.shape:
+      raise ValueError(f"slice {index}: prediction {prob.shape} vs ground truth {gt.shape}")
+    if not np.any(gt == 1):
+      warnings.warn(f"slice {index} has no ground-truth cell pixels (value 1); skipped. "
+                    f"(Raw ISBI labels use 255 for cells: pass labels == 255.)")
+      continue
+    per_slice.append(_slice_scores(np.asarray(prob), gt, thresholds, warping))
+  if not per_slice:
+    raise ValueError("no slice with ground-truth cell pixels to score")
+  curves = {k: np.mean([c[k] for c in per_slice], axis=0) for k in per_slice[0]}
+  best = int(np.argmax(curves["vrand"]))
+  warp = curves["warping_error"]
+  return {
+      "vrand": float(curves["vrand"].max()),
+      "vinfo": float(curves["vinfo"].max()),
+      "rand_error": float(1.0 - curves["rand_f_raw"].max()),
+      "pixel_error": float(1.0 - curves["pixel_f1"].max()),
+      "warping_error": float(np.nanmin(warp)) if np.isfinite(warp).any() else float("nan"),
+      "best_threshold": float(thresholds[best]),
+      "num_slices": len(per_slice),
+      "curves": {"threshold": thresholds.tolist(),
+                 **{k: v.tolist() for k, v in curves.items()}},
+  }
+
+
+# --------------------------------------------------------------------------
+# Cell Tracking Challenge SEG.
+# --------------------------------------------------------------------------
+
+
+def seg_jaccards(pred_instances: np.ndarray, gt_instances: np.ndarray) -> np.ndarray:
+  """Jaccard index J of every reference object of one frame, ``[num_objects]``.
+
+  For reference object R the predicted object S with |R ∩ S| > 0.5 |R| (at most
+  one can exist) gives J = |R ∩ S| / |R ∪ S|; without one J = 0.
+  """
+  pred = np.asarray(pred_instances).ravel()
+  gt = np.asarray(gt_instances).ravel()
+  if pred.shape != gt.shape:
+    raise ValueError(f"prediction {np.shape(pred_instances)} and reference "
+                     f"{np.shape(gt_instances)} differ in shape")
+  ref = gt > 0
+  ref_ids, ref_dense = np.unique(gt[ref], return_inverse=True)
+  if ref_ids.size == 0:
+    return np.zeros(0)
+  pred_ids, pred_dense = np.unique(pred, return_inverse=True)
+  pred_sizes = np.bincount(pred_dense).astype(np.float64)
+  ref_sizes = np.bincount(ref_dense).astype(np.float64)
+  inside = pred[ref] != 0  # predicted background is no object
+  table = scipy.sparse.coo_matrix(
+      (np.ones(np.count_nonzero(inside)), (ref_dense[inside], pred_dense[ref][inside])),
+      shape=(ref_ids.size, pred_ids.size)).tocsr().tocoo()  # sums duplicates
+  match = table.data > 0.5 * ref_sizes[table.row]
+  rows, cols, inter = table.row[match], table.col[match], table.data[match]
+  jaccard = np.zeros(ref_ids.size)
+  jaccard[rows] = inter / (ref_sizes[rows] + pred_sizes[cols] - inter)
+  return jaccard
+
+
+def seg_score(pred_instances: np.ndarray | Sequence[np.ndarray],
+              gt_instances: np.ndarray | Sequence[np.ndarray]) -> float:
+  """Cell Tracking Challenge SEG: mean Jaccard index over all reference objects.
+
+  Args:
+    pred_instances: ``[H, W]`` instance labels (0 = background), or a stack
+      ``[S, H, W]`` / list of frames.
+    gt_instances: the reference, same layout; 0 (or < 0) = no object.
+  Returns:
+    SEG in [0, 1], pooled over the objects of all frames; NaN (with a warning)
+    if there is no reference object.
+  """
+  if np.ndim(gt_instances) == 2:
+    pred_instances, gt_instances = [pred_instances], [gt_instances]
+  scores = [seg_jaccards(p, g) for p, g in zip(pred_instances, gt_instances)]
+  jaccard = np.concatenate(scores) if scores else np.zeros(0)
+  if jaccard.size == 0:
+    warnings.warn("no reference objects: SEG is undefined (NaN)")
+    return float("nan")
+  return float(jaccard.mean())
