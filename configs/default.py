@@ -12,10 +12,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # --- data ------------------------------------------------------------------
-  c.dataset = "synthetic"       # synthetic | isbi2012 | dic_hela | folder
+  c.dataset = "synthetic"       # synthetic | isbi2012 | dic_hela | phc_u373 | folder
   c.data_dir = ""               # "" = built-in synthetic data or $UNET_JAX_DATA
   c.train_indices = ""          # slice/frame indices, e.g. "0-24" (SPEC section 5)
   c.val_indices = ""            # e.g. "25-29"; "" = no held-out evaluation
+  c.ctc_sequences = "01"        # Cell Tracking Challenge sequences, e.g. "01,02"
+  c.ctc_truth = "st"            # CTC masks: st (silver truth, all frames) | gt (gold, sparse)
   c.cache_dir = ""              # weight-map cache; "" = $UNET_JAX_CACHE or ~/.cache/unet_jax
   c.num_workers = 0             # grain worker processes (0 = in the main process)
   c.synthetic = ml_collections.ConfigDict()

@@ -20,7 +20,7 @@ def get_config():
   c.features = 4
   c.depth = 2
   c.dropout_rate = 0.0
-  c.learning_rate = 0.05
+  c.learning_rate = 0.01
   c.lr_schedule = "constant"
   c.num_steps = 6
   c.batch_size = 1

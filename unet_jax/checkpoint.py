@@ -82,6 +82,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
           state=ocp.args.StandardRestore(abstract_state),
           data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
       if errors:
+        _set_aside(manager, [s for s, _ in errors])
         log.warning("resumed from the older checkpoint %d", step)
       return restored.state, step
     except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
@@ -94,6 +95,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f"(first error: {errors[0][1]!s:.300}). If they come from a different "
         "architecture or config, use a new --workdir.")
   return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames unreadable checkpoints to ``<step>.corrupt`` (kept for inspection)."""
+  for step in steps:
+    path = pathlib.Path(manager.directory) / str(step)
+    if path.exists():
+      path.rename(path.with_name(f"{step}.corrupt"))
+  manager.reload()
 
 
 def save_best(workdir: str | pathlib.Path, step: int, params: Any, score: dict) -> None:
@@ -185,8 +195,10 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best"):
   if step is None:
     raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
                          f"(python train.py --config ... --workdir {workdir})")
-  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())).state
+  abstract_state = jax.eval_shape(
+      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0)))
+  state = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state))).state
   mgr.close()
   log.info("loaded the latest checkpoint (step %d) of %s", step, workdir)
-  params = jax.tree.map(lambda a, s: jax.numpy.asarray(a, s.dtype), state["params"], abstract)
-  return config, model, {"params": params}
+  return config, model, {"params": state.params}
