@@ -1,0 +1,92 @@
+"""Evaluates a trained U-Net: held-out scores, the ISBI submission, or your own images.
+
+    python evaluate.py --workdir DIR                        # held-out split -> DIR/eval
+    python evaluate.py --workdir DIR --mode submission      # ISBI test-volume.tif -> submission.tif
+    python evaluate.py --workdir DIR --mode predict --input IMAGES --out OUT
+
+The config saved in the workdir (``config.json``) is used unless ``--config``
+is given (its architecture must match the checkpoint's). This file is
+intentionally kept short: the logic is in unet_jax/evaluation.py.
+"""
+
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unet_jax import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's "
+                                "config.json).", lock_config=True)
+flags.DEFINE_string("workdir", None, "The training run's directory.")
+flags.DEFINE_enum("mode", "heldout", ["heldout", "submission", "predict"],
+                  "heldout: score the val split; submission: ISBI challenge TIFF; "
+                  "predict: probability/label TIFFs and overlays for --input.")
+flags.DEFINE_string("input", None, "predict: a file, folder or multi-page TIFF/PNG; "
+                    "submission: the test volume (default DATA/isbi2012/test-volume.tif).")
+flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to load.")
+flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmentation).")
+flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
+
+
+def _config(saved):
+  """The --config (checked against the checkpoint's architecture) or the saved one."""
+  from unet_jax import checkpoint
+
+  if FLAGS.config is None:
+    return saved
+  config = FLAGS.config
+  with config.unlocked():
+    if not config.get("in_channels"):
+      config.in_channels = saved.get("in_channels", 1)
+  checkpoint.check_same_architecture(saved, config, FLAGS.workdir)
+  return config
+
+
+def _test_volume(config) -> pathlib.Path:
+  from unet_jax import datasets
+
+  if FLAGS.input:
+    return pathlib.Path(FLAGS.input)
+  root = datasets.data_root(config)
+  for path in (root / "isbi2012" / "test-volume.tif", root / "test-volume.tif"):
+    if path.is_file():
+      return path
+  raise cli.usage_error(f"test-volume.tif not found in {root} or {root / 'isbi2012'}; "
+                        "pass --input PATH")
+
+
+def main(argv):
+  del argv
+  from unet_jax import checkpoint, datasets, evaluation
+
+  if not FLAGS.workdir:
+    raise cli.usage_error("--workdir is required (the training run's directory)")
+  saved, model, variables = checkpoint.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+  config = _config(saved)
+  out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
+  kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
+  if FLAGS.mode == "heldout":
+    if not config.get("val_indices"):
+      raise cli.usage_error("the config has no held-out split: set --config.val_indices "
+                            "(e.g. 25-29 for ISBI)")
+    data = datasets.load_split(config, "val")
+    scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out, **kwargs)
+    print(evaluation.markdown_report(scores, {}, data.dataset, FLAGS.tta))
+    print(f"report: {out / 'metrics.md'}, overlays: {out / 'overlays'}")
+  elif FLAGS.mode == "submission":
+    volume = datasets.read_image_file(_test_volume(config))
+    path = evaluation.write_submission(model, variables, volume, out / "submission.tif",
+                                       config, **kwargs)
+    print(f"wrote {path} (float32 [S, H, W], cell-interior probability)")
+  else:
+    if not FLAGS.input:
+      raise cli.usage_error("--mode predict needs --input (a file, folder or multi-page TIFF)")
+    written = evaluation.predict_files(model, variables, FLAGS.input, out, config, **kwargs)
+    print(f"wrote {len(written)} files to {out}")
+
+
+if __name__ == "__main__":
+  cli.run(app, main)

@@ -1,0 +1,202 @@
+"""Held-out evaluation, submission TIFF, predict_files and the evaluate.py CLI."""
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tifffile
+
+from random_nets import random_net
+from unet_jax import evaluation, metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_net = functools.lru_cache(maxsize=None)(random_net)
+
+
+def _blobs(rng, size=40, cells=5):
+  """Bright separate discs on a dark background: image, labels, instances."""
+  yy, xx = np.mgrid[:size, :size]
+  instances = np.zeros((size, size), np.int32)
+  centres = [(7 + 12 * i, 7 + 12 * j) for i in range(3) for j in range(3)]
+  for k, c in enumerate(rng.permutation(len(centres))[:cells], start=1):
+    cy, cx = centres[c]
+    instances[(yy - cy)**2 + (xx - cx)**2 < 16] = k
+  image = (instances > 0) + 0.1 * rng.normal(size=(size, size))
+  return image[..., None].astype(np.float32), (instances > 0).astype(np.int32), instances
+
+
+def _data(dataset, n=2, seed=0):
+  rng = np.random.default_rng(seed)
+  images, labels, instances = zip(*[_blobs(rng) for _ in range(n)])
+  return types.SimpleNamespace(images=list(images), labels=list(labels),
+                               instances=list(instances), names=[f"img:{i}" for i in range(n)],
+                               num_channels=1, dataset=dataset)
+
+
+def test_evaluate_split_isbi_like_writes_report(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  data = _data("synthetic")
+  scores = evaluation.evaluate_split(model, variables, data, tiny_config, out_dir=tmp_path)
+  for key in ("vrand", "vinfo", "rand_error", "pixel_error", "warping_error", "best_threshold"):
+    assert np.isfinite(scores[key]) and isinstance(scores[key], float)
+  assert 0 <= scores["vrand"] <= 1 and scores["num_images"] == 2
+  report = json.loads((tmp_path / "metrics.json").read_text())
+  assert report["vrand"] == pytest.approx(scores["vrand"])
+  assert len(report["curves"]["vrand"]) == 11
+  assert "| vrand |" in (tmp_path / "metrics.md").read_text()
+  assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["img_0.png", "img_1.png"]
+
+
+def test_evaluate_split_ctc_reports_seg(tiny_config):
+  model, variables = _net(2, 4)
+  scores = evaluation.evaluate_split(model, variables, _data("dic_hela"), tiny_config,
+                                     warping=False)
+  assert set(scores) >= {"seg", "vrand", "vinfo", "pixel_error"}
+  assert 0 <= scores["seg"] <= 1
+
+
+def test_scores_of_a_perfect_prediction(tiny_config):
+  data = _data("dic_hela")
+  probs = [lab.astype(np.float32) for lab in data.labels]
+  scores, _, _ = evaluation.score_predictions(probs, data, tiny_config)
+  assert scores["seg"] == 1.0 and scores["vrand"] == 1.0 and scores["pixel_error"] == 0.0
+  data.dataset = "synthetic"
+  scores, curves, _ = evaluation.score_predictions(probs, data, tiny_config)
+  assert scores["vrand"] == 1.0 and scores["warping_error"] == 0.0
+  assert curves["threshold"][0] == 0.0
+
+
+def test_instances_from_probability_removes_small_objects():
+  prob = np.zeros((10, 10))
+  prob[1:4, 1:4] = 0.9  # 9 px
+  prob[6, 6] = 0.8      # 1 px
+  prob[6:9, 0:2] = 0.7  # 6 px
+  assert evaluation.instances_from_probability(prob).max() == 3
+  labels = evaluation.instances_from_probability(prob, min_size=5)
+  assert sorted(np.unique(labels)) == [0, 1, 2] and labels[6, 6] == 0
+
+
+def test_write_submission_shape_and_dtype(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  volume = np.random.default_rng(0).integers(0, 255, (2, 30, 36), dtype=np.uint8)
+  path = evaluation.write_submission(model, variables, volume, tmp_path / "sub.tif", tiny_config)
+  stack = tifffile.imread(path)
+  assert stack.shape == (2, 30, 36) and stack.dtype == np.float32
+  assert 0 <= stack.min() and stack.max() <= 1
+
+
+def test_predict_files_on_a_folder(tiny_config, tmp_path):
+  from PIL import Image
+  model, variables = _net(2, 4)
+  rng = np.random.default_rng(0)
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  tifffile.imwrite(inputs / "stack.tif", rng.integers(0, 255, (3, 25, 31), dtype=np.uint8))
+  Image.fromarray(rng.integers(0, 255, (33, 20, 3), dtype=np.uint8)).save(inputs / "rgb.png")
+  written = evaluation.predict_files(model, variables, inputs, tmp_path / "out", tiny_config,
+                                     progress=False)
+  names = sorted(p.name for p in written)
+  assert "stack_prob.tif" in names and "rgb_labels.tif" in names
+  assert "stack_p002_overlay.png" in names and "rgb_overlay.png" in names
+  assert tifffile.imread(tmp_path / "out" / "stack_prob.tif").shape == (3, 25, 31)
+  labels = tifffile.imread(tmp_path / "out" / "rgb_labels.tif")
+  assert labels.shape == (33, 20) and labels.dtype == np.int32
+
+
+def test_bad_inputs_are_user_errors(tmp_path):
+  from unet_jax.errors import UserInputError
+  with pytest.raises(UserInputError, match="not found"):
+    evaluation.list_inputs(tmp_path / "missing.tif")
+  with pytest.raises(UserInputError, match="no .tif"):
+    evaluation.list_inputs(tmp_path)
+  with pytest.raises(UserInputError, match="channel"):
+    evaluation.split_pages(np.zeros((2, 3, 4, 5)), 1, "x.tif")
+
+
+def test_safe_name():
+  assert evaluation.safe_name("train-volume.tif:25") == "train-volume.tif_25"
+
+
+# --------------------------------------------------------------------------
+# evaluate.py end to end, on a workdir written with the checkpoint helpers.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A workdir holding the tiny config and a "best" checkpoint of random weights."""
+  from configs import tiny
+  from unet_jax import checkpoint
+  config = tiny.get_config()
+  config.in_channels = 1
+  model, variables = _net(config.depth, config.features)
+  assert (model.depth, model.features) == (config.depth, config.features)
+  path = tmp_path_factory.mktemp("run")
+  checkpoint.write_config(path, config)
+  checkpoint.save_best(path, 1, variables["params"], {"vrand": 0.0})
+  return path
+
+
+def _evaluate(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_heldout(workdir, tmp_path):
+  run = _evaluate(f"--workdir={workdir}", f"--out={tmp_path}")
+  assert run.returncode == 0, run.stderr
+  assert "vrand" in run.stdout
+  assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 1
+
+
+def test_cli_submission(workdir, tmp_path):
+  volume = tmp_path / "test-volume.tif"
+  tifffile.imwrite(volume, np.random.default_rng(0).integers(0, 255, (2, 40, 40), np.uint8))
+  run = _evaluate(f"--workdir={workdir}", "--mode=submission", f"--input={volume}",
+                  f"--out={tmp_path}", "--checkpoint=best")
+  assert run.returncode == 0, run.stderr
+  stack = tifffile.imread(tmp_path / "submission.tif")
+  assert stack.shape == (2, 40, 40) and stack.dtype == np.float32
+
+
+def test_cli_predict_with_tta(workdir, tmp_path):
+  image = tmp_path / "cells.tif"
+  tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8))
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={image}",
+                  f"--out={tmp_path / 'out'}", "--tta", "--tile_size=48")
+  assert run.returncode == 0, run.stderr
+  assert tifffile.imread(tmp_path / "out" / "cells_prob.tif").shape == (37, 45)
+  assert (tmp_path / "out" / "cells_overlay.png").is_file()
+
+
+def test_cli_user_errors_exit_2_without_traceback(workdir, tmp_path):
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={tmp_path / 'nope.tif'}")
+  assert run.returncode == 2
+  assert "not found" in run.stderr and "Traceback" not in run.stderr
+  image = tmp_path / "cells.tif"
+  tifffile.imwrite(image, np.zeros((20, 20), np.uint8))
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={image}", "--tile_size=47")
+  assert run.returncode == 2 and "Traceback" not in run.stderr
+  assert "44 or 48" in run.stderr
+
+
+@pytest.mark.slow
+def test_train_then_evaluate(tmp_path):
+  """The real pipeline: train.py writes the checkpoint, evaluate.py reads it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  train = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.py",
+                          f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+  assert train.returncode == 0, train.stderr
+  for checkpoint in ("best", "latest"):
+    run = _evaluate(f"--workdir={tmp_path}", f"--checkpoint={checkpoint}")
+    assert run.returncode == 0, run.stderr
+  assert metrics.isbi_scores  # the scores above came from unet_jax.metrics

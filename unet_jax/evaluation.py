@@ -1,0 +1,418 @@
+"""Held-out evaluation, the ISBI submission file and prediction on users' images.
+
+The library behind ``evaluate.py`` (and the periodic evaluation of training):
+
+* ``evaluate_split``: scores a ``SegmentationData`` split. ISBI-like data
+  (``isbi2012``, ``synthetic``: label 1 = cell interior, 0 = membrane) get the
+  ISBI 2012 protocol (``metrics.isbi_scores`` on the class-1 probability);
+  instance data (``dic_hela``, ``phc_u373``, ``ctc``, ``folder``) get the Cell
+  Tracking Challenge SEG of the 4-connected components of ``p_cell > 0.5``
+  plus V_rand / V_info of those instances against the reference instances.
+* ``write_submission``: the ISBI 2012 challenge file.
+* ``predict_files``: probability maps, instance labels and overlays for any
+  TIFF / PNG files.
+
+Class 1 is "cell" throughout (cell interior for ISBI), so the probability maps
+follow the challenge convention: 1 = cell interior, 0 = membrane/background.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import re
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from unet_jax import metrics, tiling
+from unet_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+ISBI_LIKE = ("isbi2012", "synthetic")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+# --------------------------------------------------------------------------
+# Prediction helpers.
+# --------------------------------------------------------------------------
+
+
+def eval_tile_size(config, depth: int) -> int:
+  """``config.eval_tile_size`` (0 = ``config.tile_size``), raised to a usable tile.
+
+  Training may use tiles too small for seamless inference (output < 2**depth,
+  e.g. 188 at depth 4); evaluation then uses the smallest usable tile.
+  """
+  size = int(config.get("eval_tile_size", 0) or config.tile_size)
+  smallest = tiling.smallest_usable_tile(depth)
+  return max(size, smallest)
+
+
+def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, *,
+                   tile_size: int | None = None, tta: bool = False,
+                   progress: bool = False) -> list[np.ndarray]:
+  """Class probabilities ``[H, W, K]`` of each normalised image ``[H, W, C]``."""
+  tile = tile_size or eval_tile_size(config, model.depth)
+  batch = int(config.get("eval_batch_size", 4))
+  items = images
+  if progress:
+    from tqdm.auto import tqdm
+    items = tqdm(images, desc="images", unit="image")
+  return [tiling.predict_tiled(model, variables, im, tile_size=tile, batch_size=batch, tta=tta)
+          for im in items]
+
+
+def instances_from_probability(cell_prob: np.ndarray, threshold: float = 0.5,
+                               min_size: int = 0) -> np.ndarray:
+  """Instances = 4-connected components of ``cell_prob > threshold``.
+
+  Args:
+    cell_prob: ``[H, W]`` cell probability.
+    threshold: cell where the probability exceeds it.
+    min_size: components smaller than this many pixels are removed.
+  Returns:
+    int32 ``[H, W]``, 0 = background, 1..n = instances (consecutive).
+  """
+  labels = metrics.components(cell_prob > threshold)
+  if min_size > 1 and labels.max():
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = True
+    keep = np.cumsum(~small) * ~small  # new consecutive ids, 0 for removed
+    labels = keep[labels].astype(np.int32)
+  return labels
+
+
+# --------------------------------------------------------------------------
+# Scores.
+# --------------------------------------------------------------------------
+
+
+def _instance_scores(cell_probs: list[np.ndarray], data, min_size: int) -> dict:
+  """SEG and V_rand / V_info of the thresholded instances (CTC-style data)."""
+  preds = [instances_from_probability(p, 0.5, min_size) for p in cell_probs]
+  ignore = [(lab != 0) & (lab != 1) for lab in data.labels]
+  f1 = [metrics.pixel_f1(p > 0, lab == 1, ~ign)
+        for p, lab, ign in zip(preds, data.labels, ignore)]
+  return {
+      "seg": metrics.seg_score(preds, data.instances),
+      "vrand": float(np.mean([metrics.rand_f_score(p, g, i)
+                              for p, g, i in zip(preds, data.instances, ignore)])),
+      "vinfo": float(np.mean([metrics.info_f_score(p, g, i)
+                              for p, g, i in zip(preds, data.instances, ignore)])),
+      "pixel_error": float(1.0 - np.mean(f1)),
+  }, preds
+
+
+def score_predictions(cell_probs: list[np.ndarray], data, config, *,
+                      warping: bool = True) -> tuple[dict, dict, list[np.ndarray]]:
+  """Scores cell probabilities against ``data``.
+
+  Returns:
+    ``(scores, curves, masks)``: scalar scores, per-threshold curves (ISBI
+    protocol; empty for instance data), and per image the predicted mask
+    shown in the overlays (cell mask at the best threshold, or instances).
+  """
+  if data.dataset in ISBI_LIKE:
+    result = metrics.isbi_scores(cell_probs, data.labels, warping=warping)
+    curves = result.pop("curves")
+    masks = [p > result["best_threshold"] for p in cell_probs]
+    return result, curves, masks
+  scores, preds = _instance_scores(cell_probs, data, int(config.get("min_object_size", 0)))
+  return scores, {}, preds
+
+
+def evaluate_split(model, variables: Any, data, config, *,
+                   out_dir: str | pathlib.Path | None = None, tta: bool = False,
+                   progress: bool = False, warping: bool = True,
+                   tile_size: int | None = None) -> dict:
+  """Predicts and scores a held-out split.
+
+  Args:
+    model: a ``unet_jax.UNet``.
+    variables: ``{"params": ...}``.
+    data: a ``datasets.SegmentationData`` (or any object with ``images``
+      float32 ``[H, W, C]``, ``labels`` int32 ``[H, W]`` (1 = cell, 0 =
+      membrane/background, other = ignore), ``instances``, ``names``,
+      ``dataset``).
+    config: uses ``eval_tile_size`` / ``tile_size``, ``eval_batch_size`` and
+      ``min_object_size`` (CTC, default 0).
+    out_dir: if given, writes ``metrics.json``, ``metrics.md`` and
+      ``overlays/<name>.png`` there.
+    tta: average the 8 flips/rotations.
+    progress: tqdm bar over the images.
+    warping: compute the warping error (ISBI-like data).
+    tile_size: overrides the config's tile size.
+  Returns:
+    Scalar scores: ISBI-like data ``vrand``, ``vinfo``, ``rand_error``,
+    ``pixel_error``, ``warping_error``, ``best_threshold``; instance data
+    ``seg``, ``vrand``, ``vinfo``, ``pixel_error``; always ``num_images`` and
+    ``seconds``.
+  """
+  if data.labels is None:
+    raise UserInputError(f"the {data.dataset} split has no labels to evaluate against")
+  start = time.perf_counter()
+  probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
+                         progress=progress)
+  cell_probs = [p[..., 1] for p in probs]
+  scores, curves, masks = score_predictions(cell_probs, data, config, warping=warping)
+  scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
+  scores = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in scores.items()}
+  if out_dir is not None:
+    write_report(out_dir, scores, curves, data, cell_probs, masks, tta=tta)
+  return scores
+
+
+# --------------------------------------------------------------------------
+# Reports.
+# --------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+  """A file-name-safe version of an image name (``train-volume.tif:25`` -> ``train-volume.tif_25``)."""
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
+
+
+def markdown_report(scores: dict, curves: dict, dataset: str, tta: bool = False) -> str:
+  """The scores (and per-threshold curves) as markdown tables."""
+  lines = [f"# Held-out evaluation ({dataset}{', TTA' if tta else ''})", "",
+           "| metric | value |", "| --- | --- |"]
+  lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in scores.items()]
+  if curves:
+    keys = [k for k in curves if k != "threshold"]
+    lines += ["", "Per threshold (averaged over the images):", "",
+              "| threshold | " + " | ".join(keys) + " |",
+              "| --- |" + " --- |" * len(keys)]
+    for i, t in enumerate(curves["threshold"]):
+      lines.append(f"| {t:.1f} | " + " | ".join(f"{curves[k][i]:.4f}" for k in keys) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.ndarray],
+                 masks: list[np.ndarray], tta: bool = False) -> pathlib.Path:
+  """Writes ``metrics.json``, ``metrics.md`` and one overlay PNG per image."""
+  out = pathlib.Path(out_dir)
+  (out / "overlays").mkdir(parents=True, exist_ok=True)
+  (out / "metrics.json").write_text(json.dumps(
+      {"dataset": data.dataset, "tta": tta, "names": list(data.names), **scores,
+       "curves": curves}, indent=2, allow_nan=True))
+  (out / "metrics.md").write_text(markdown_report(scores, curves, data.dataset, tta))
+  for image, prob, mask, label, name in zip(data.images, cell_probs, masks, data.labels,
+                                            data.names):
+    save_overlay(out / "overlays" / f"{safe_name(name)}.png", image, prob, mask, label)
+  return out
+
+
+def error_map(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+  """RGB ``[H, W, 3]``: correct = grey level of the truth, false positive
+  (cell predicted on membrane/background) = red, false negative = blue,
+  ignored = yellow."""
+  rgb = np.repeat((label == 1)[..., None] * 0.6, 3, axis=-1).astype(np.float32)
+  cell = pred > 0
+  rgb[cell & (label == 0)] = (1.0, 0.1, 0.1)
+  rgb[~cell & (label == 1)] = (0.1, 0.3, 1.0)
+  rgb[(label != 0) & (label != 1)] = (1.0, 0.9, 0.2)
+  return rgb
+
+
+def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndarray,
+                 mask: np.ndarray, label: np.ndarray | None = None) -> None:
+  """Writes a PNG: image, prediction, and ground truth + error map (if ``label``).
+
+  Args:
+    image: ``[H, W, C]`` (channel 0 is shown).
+    cell_prob: ``[H, W]`` cell probability.
+    mask: ``[H, W]`` predicted cell mask or instances (> 0 = cell).
+    label: ``[H, W]`` ground truth (1 = cell, 0 = not, other = ignore) or None,
+      in which case the instances are drawn instead.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from skimage.segmentation import find_boundaries
+
+  grey = np.asarray(image)[..., 0] if np.ndim(image) == 3 else np.asarray(image)
+  outline = np.repeat(((grey - grey.min()) / (np.ptp(grey) + 1e-9))[..., None], 3, -1)
+  outline[find_boundaries(np.asarray(mask).astype(np.int32), mode="inner")] = (1.0, 0.2, 0.2)
+  panels = [("image", grey, "gray"), ("p(cell)", cell_prob, "magma"),
+            ("prediction outlines", outline, None)]
+  if label is not None:
+    panels += [("ground truth", np.where((label == 0) | (label == 1), label, 0.5), "gray"),
+               ("errors: FP red, FN blue", error_map(mask, label), None)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+  for ax, (title, array, cmap) in zip(np.atleast_1d(axes), panels):
+    ax.imshow(array, cmap=cmap, vmin=0 if cmap == "magma" else None,
+              vmax=1 if cmap == "magma" else None, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# ISBI 2012 submission.
+# --------------------------------------------------------------------------
+
+
+def write_submission(model, variables: Any, volume: np.ndarray, path: str | pathlib.Path,
+                     config, *, tta: bool = False, progress: bool = False,
+                     tile_size: int | None = None) -> pathlib.Path:
+  """Writes the ISBI 2012 challenge submission: a 32-bit float TIFF stack.
+
+  Convention (SPEC section 6, as the challenge expects): each value is the
+  probability that the pixel is **cell interior** (1 = cell interior, 0 =
+  membrane), the class-1 softmax output.
+
+  Args:
+    volume: ``[S, H, W]`` raw slices (e.g. ``test-volume.tif``, uint8); each
+      slice is normalised like the training data (``datasets.normalize``).
+    path: the TIFF to write.
+    config, tta, progress, tile_size: as in ``evaluate_split``.
+  Returns:
+    ``path``; the file holds float32 ``[S, H, W]`` in [0, 1].
+  """
+  from unet_jax.datasets import normalize
+
+  volume = np.asarray(volume)
+  volume = volume[None] if volume.ndim == 2 else volume
+  if volume.ndim != 3:
+    raise UserInputError(f"submission volume must be [S, H, W], got shape {volume.shape}")
+  probs = predict_images(model, variables, [normalize(s) for s in volume], config,
+                         tile_size=tile_size, tta=tta, progress=progress)
+  stack = np.stack([p[..., 1] for p in probs]).astype(np.float32)
+  return _write_tiff(path, stack)
+
+
+def _write_tiff(path: str | pathlib.Path, array: np.ndarray) -> pathlib.Path:
+  import tifffile
+
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tifffile.imwrite(path, array, photometric="minisblack")
+  return path
+
+
+# --------------------------------------------------------------------------
+# Users' own images.
+# --------------------------------------------------------------------------
+
+
+def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """Image files of a file, a folder (its .tif/.tiff/.png files, sorted) or a list."""
+  if isinstance(inputs, (str, pathlib.Path)):
+    inputs = [inputs]
+  files = []
+  for item in map(pathlib.Path, inputs):
+    if item.is_dir():
+      found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      if not found:
+        raise UserInputError(f"no .tif/.tiff/.png images in the folder {item}")
+      files += found
+    elif item.is_file():
+      files.append(item)
+    else:
+      raise UserInputError(f"input not found: {item}")
+  return files
+
+
+def read_pages(path: pathlib.Path) -> np.ndarray:
+  """All pages of a TIFF or (animated) PNG: ``[S, H, W]`` or ``[S, H, W, C]``."""
+  from unet_jax.datasets import read_image_file
+
+  if path.suffix.lower() in (".tif", ".tiff"):
+    return read_image_file(path)
+  from PIL import Image, ImageSequence
+  try:
+    with Image.open(path) as im:
+      pages = [np.asarray(page.copy()) for page in ImageSequence.Iterator(im)]
+  except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
+    raise UserInputError(f"cannot read {path} ({type(e).__name__}: {e})") from e
+  return pages[0] if len(pages) == 1 else np.stack(pages)
+
+
+def split_pages(array: np.ndarray, channels: int, name: str) -> list[np.ndarray]:
+  """Splits a read file into images ``[H, W]`` / ``[H, W, C]`` for a ``channels``-input net.
+
+  ``[H, W]`` is one image; ``[H, W, channels]`` (or RGB(A), converted to grey
+  for a 1-channel net) is one image; ``[S, H, W]`` is a stack of pages;
+  ``[S, H, W, C]`` a stack of multi-channel pages.
+  """
+  a = np.asarray(array)
+  if a.ndim == 3 and a.shape[-1] in (3, 4) and channels == 1 and min(a.shape[:2]) > 4:
+    return [a[..., :3].astype(np.float32).mean(-1)]  # RGB(A) file for a grey net
+  if a.ndim == 2 or (a.ndim == 3 and channels > 1 and a.shape[-1] == channels):
+    return [a]
+  if a.ndim == 3 and channels == 1:
+    return list(a)
+  if a.ndim == 4 and a.shape[-1] == channels:
+    return list(a)
+  raise UserInputError(f"{name}: cannot read an image with {channels} channel(s) from an "
+                       f"array of shape {a.shape}; expected [H, W], [S, H, W] or [S, H, W, C]")
+
+
+def _input_channels(variables: Any) -> int:
+  try:
+    return int(variables["params"]["down0_conv0"]["kernel"].shape[2])
+  except (KeyError, TypeError, AttributeError):
+    return 1
+
+
+def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, config,
+                  threshold: float = 0.5, *, tta: bool = False, progress: bool = True,
+                  tile_size: int | None = None) -> list[pathlib.Path]:
+  """Segments users' images of any size.
+
+  For every input file ``NAME`` (a single image or a multi-page TIFF/PNG)
+  writes into ``out_dir``: ``NAME_prob.tif`` (float32 cell probability,
+  ``[H, W]`` or ``[S, H, W]``), ``NAME_labels.tif`` (int32 instances: the
+  4-connected components of ``prob > threshold``, per page) and
+  ``NAME_overlay.png`` (``NAME_pNNN_overlay.png`` per page of a stack).
+
+  Args:
+    inputs: a file, a folder, or a list of files.
+    out_dir: output folder (created).
+    config: as in ``evaluate_split`` (``min_object_size`` applies).
+    threshold: cell-probability threshold of the instance labels.
+  Returns:
+    the written files.
+  """
+  from unet_jax.datasets import normalize
+
+  files = list_inputs(inputs)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  channels = _input_channels(variables)
+  min_size = int(config.get("min_object_size", 0))
+  jobs = [(f, split_pages(read_pages(f), channels, str(f))) for f in files]
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(len(pages) for _, pages in jobs), desc="predict", unit="image")
+  written = []
+  for path, pages in jobs:
+    images = [normalize(p) for p in pages]
+    probs = []
+    for image in images:
+      probs.append(predict_images(model, variables, [image], config, tile_size=tile_size,
+                                  tta=tta)[0][..., 1])
+      if bar is not None:
+        bar.update()
+    labels = [instances_from_probability(p, threshold, min_size) for p in probs]
+    squeeze = (lambda xs: xs[0]) if len(pages) == 1 else np.stack
+    written.append(_write_tiff(out / f"{path.stem}_prob.tif",
+                               squeeze(probs).astype(np.float32)))
+    written.append(_write_tiff(out / f"{path.stem}_labels.tif", squeeze(labels)))
+    for i, (image, prob, lab) in enumerate(zip(images, probs, labels)):
+      page = "" if len(pages) == 1 else f"_p{i:03d}"
+      overlay = out / f"{path.stem}{page}_overlay.png"
+      save_overlay(overlay, image, prob, lab)
+      written.append(overlay)
+  if bar is not None:
+    bar.close()
+  return written
