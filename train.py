@@ -5,14 +5,10 @@ in unet_jax/train_lib.py. Re-running the same command resumes from the latest
 checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
 """
 
-import json
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli
+from unet_jax import cli, config_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py",
@@ -27,13 +23,22 @@ def main(argv):
   from unet_jax import train_lib
 
   config = FLAGS.config
+  config_lib.validate(config)
   if FLAGS.dry_run:
     from unet_jax import datasets
     data = datasets.load_split(config, "train")
     with config.unlocked():
       config.in_channels = int(data.num_channels)
     print(config)
-    print(json.dumps(train_lib.dry_run(config), indent=2))
+    report = train_lib.dry_run(config)
+    print(f"parameters:            {report['parameters']:,}")
+    print(f"input tile:            {report['input_tile']} x {report['input_tile']} "
+          f"(batch {report['batch_size']})")
+    print(f"output tile:           {report['output_tile']} x {report['output_tile']}")
+    peak = report["estimated_peak_memory_bytes"]
+    print("estimated peak memory: " + (f"{peak / 2**20:,.1f} MiB (XLA buffer assignment)"
+                                       if peak is not None else "unknown on this backend"))
+    print(f"one train step:        {report['step_seconds']:.3f} s on {report['backend']}")
     return
   if not FLAGS.workdir:
     raise cli.usage_error("--workdir is required (where checkpoints and logs go)")

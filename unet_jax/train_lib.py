@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from unet_jax import checkpoint
+from unet_jax import config_lib
 from unet_jax import model as model_lib
 from unet_jax.errors import NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
@@ -221,6 +222,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
 
   Writes nothing. Returns the report (also printed by train.py).
   """
+  config_lib.validate(config)
   model = make_model(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   step = make_train_step(model, config)
@@ -263,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   from unet_jax import data as data_lib
   from unet_jax import datasets
 
+  config_lib.validate(config)
   workdir = prepare_workdir(workdir)
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
