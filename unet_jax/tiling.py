@@ -164,16 +164,22 @@ def tile_size_for_memory(budget_bytes: int, *, features: int, depth: int, num_cl
   The estimate (``estimate_memory``) is parameters + input/output batch +
   ``batch_size * dtype_bytes * activation_elements(...)``, where
   ``activation_elements`` simulates the live set of a buffer-reusing compiler
-  layer by layer. Compared with XLA's own figure for the jitted inference call
-  (``compiled.memory_analysis()``: argument + output + temp bytes) on XLA:CPU,
-  float32, batch 4 (``benchmarks/inference.py --memory`` prints the table;
-  figures in ``results/inference_benchmark.md``):
+  layer by layer. Measured against XLA's own figure for the jitted inference
+  call (``compiled.memory_analysis()``: argument + output + temp bytes;
+  XLA:CPU, float32, depth 4; ``benchmarks/inference.py --memory_only``)::
 
-  ======  ========  ==========  =========  ======
-  tile    features  estimate    XLA        ratio
-  ======  ========  ==========  =========  ======
-  see results/inference_benchmark.md (memory table)
-  ======  ========  ==========  =========  ======
+    features  tile  batch  estimate MiB  XLA MiB  estimate / XLA
+           8   204      4            17       14            1.26
+           8   572      4           130      110            1.19
+          64   204      4           238      210            1.13
+          64   572      1           358      326            1.10
+          64   572      4          1078      919            1.17
+          64   700      1           478      434            1.10
+          64   700      4          1559     1350            1.15
+
+  so the estimate errs on the safe side by 10-25 %. Process RSS adds the XLA
+  runtime and compiler (a few hundred MiB, see
+  ``results/inference_benchmark.md``).
 
   Args:
     budget_bytes: memory available for one batched call.
