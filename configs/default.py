@@ -49,10 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- optimisation (paper Sec. 3) -----------------------------------------------
   c.batch_size = 1              # the paper: one large tile per step
-  c.learning_rate = 0.01        # SGD on the pixel-mean loss (README: "Learning rate")
+  c.learning_rate = 0.003       # SGD on the pixel-mean loss (README: "Learning rate")
   c.momentum = 0.99             # paper
   c.lr_schedule = "poly"        # poly (power 0.9) | constant
-  c.warmup_steps = 0
+  c.warmup_steps = 100          # linear warmup from 0 (a safety margin, see README)
   c.grad_clip_norm = 0.0        # 0 = off
   c.num_steps = 20000
   c.seed = 0
@@ -64,4 +64,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000           # held-out evaluation (0 = off)
   c.eval_tile_size = 0          # 0 = tile_size
   c.eval_batch_size = 4
+  c.min_object_size = 0         # cell data: drop predicted objects smaller than this (px)
   return c

@@ -16,5 +16,6 @@ def get_config():
   c.features = 16
   c.tile_size = 252    # depth 4: 16k + 188; output 68
   c.eval_tile_size = 252
-  c.num_steps = 3000
+  c.num_steps = 6000
+  c.eval_every = 500
   return c
