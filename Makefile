@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: venv demo test test-slow evaluate-demo bench clean
+.PHONY: venv demo test test-fast clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-test-slow: venv
-	$(PY) -m pytest -q -m slow
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) workdirs

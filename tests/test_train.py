@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from unet_jax import checkpoint, train_lib
@@ -142,3 +143,21 @@ def test_sigkill_then_rerun_gives_identical_parameters(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert "resumed from checkpoint step" in rerun.stderr
   _assert_trees_equal(_params(tmp_path / "ref"), _params(tmp_path / "run"))
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint(tiny_config, tmp_path):
+  c = tiny_config
+  c.num_steps, c.eval_every, c.checkpoint_every, c.keep_checkpoints = 9, 3, 3, 5
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  val = [r for r in rows if r["split"] == "val"]
+  assert [r["step"] for r in val] == [3, 6, 9]
+  best_row = max(val, key=lambda r: (r["vrand"], -r["step"]))  # first of equal scores wins
+  score = checkpoint.best_score(tmp_path)
+  assert score["step"] == best_row["step"] and score["vrand"] == pytest.approx(best_row["vrand"])
+  # the best parameters are those of that step's periodic checkpoint
+  mgr = checkpoint.train_manager(tmp_path, 5)
+  abstract = train_lib.create_train_state(c, train_lib.make_model(c), jax.random.PRNGKey(0))
+  at_step = mgr.restore(best_row["step"], args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract))).state
+  _assert_trees_equal(_params(tmp_path, "best"), jax.tree.map(np.asarray, at_step.params))
