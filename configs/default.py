@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.99             # paper
   c.lr_schedule = "poly"        # poly (power 0.9) | constant
   c.warmup_steps = 100          # linear warmup from 0 (a safety margin, see README)
-  c.grad_clip_norm = 0.0        # 0 = off
+  c.grad_clip_norm = 5.0        # global-norm clipping (0 = off); see README
   c.num_steps = 20000
   c.seed = 0
 
