@@ -4,7 +4,7 @@
 
 Synthetic EM-like images (Voronoi cells with thin dark membranes, texture and
 noise; unet_jax/synthetic.py), 8 images of 256x256: train on 0-5, evaluate on
-6-7. Depth 4 as in the paper but 16 features and 252x252 tiles (output 68x68),
+6-7. 1500 steps. Depth 4 as in the paper but 16 features and 252x252 tiles (output 68x68),
 so a step takes a fraction of a second on 2 CPU cores and the loss visibly falls
 within a few minutes. Augmentation and weight maps are the paper's. The numbers
 only show that the pipeline learns; they say nothing about the benchmarks.
@@ -25,7 +25,7 @@ def get_config():
   c.tile_size = 252    # depth 4: 16k + 188; output 68
   c.features = 16
   c.depth = 4
-  c.num_steps = 2000
+  c.num_steps = 1500
   c.eval_every = 250
   c.eval_tile_size = 252
   return c
