@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from unet_jax import model as model_lib
+from unet_jax import tiling
 from unet_jax.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16")
@@ -19,20 +20,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c = config
   if c.depth < 1:
     _fail("depth", c.depth, "must be >= 1 (the paper uses 4)")
-  for field in ("tile_size", "eval_tile_size"):
-    size = c.get(field, 0)
-    if field == "eval_tile_size" and not size:
-      continue
+  try:
+    model_lib.output_size(c.tile_size, c.depth)
+  except ValueError as e:
+    _fail("tile_size", c.tile_size, str(e))
+  if c.get("eval_tile_size", 0):
     try:
-      out = model_lib.output_size(size, c.depth)
+      tiling.check_tile_size(c.eval_tile_size, c.depth)
     except ValueError as e:
-      _fail(field, size, str(e))
-    if field == "eval_tile_size" and out < 2**c.depth:
-      smallest = model_lib.valid_input_size(size + 1, c.depth)
-      while model_lib.output_size(smallest, c.depth) < 2**c.depth:
-        smallest = model_lib.valid_input_size(smallest + 1, c.depth)
-      _fail(field, size, f"too small for overlap-tile inference (output {out} < "
-            f"{2**c.depth}); the smallest usable tile is {smallest}")
+      _fail("eval_tile_size", c.eval_tile_size, str(e))
   if c.dtype not in DTYPES:
     _fail("dtype", c.dtype, f"must be one of {DTYPES}")
   if c.num_classes < 2:
