@@ -99,8 +99,12 @@ class RunMonitor:
     row = {"step": step, "split": "val"}
     row.update({k: float(v) for k, v in scores.items() if np.isscalar(v)})
     self._append(row)
-    self.bar.write(f"step {step}: held-out " + ", ".join(
-        f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "split")))
+    text = f"step {step}: held-out " + ", ".join(
+        f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "split"))
+    if self.interactive:
+      self.bar.write(text, file=sys.stderr)
+    else:
+      log.info(text)
     self.plot()
 
   def plot(self) -> None:
