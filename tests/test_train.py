@@ -161,3 +161,31 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tiny_config, tmp_path):
   at_step = mgr.restore(best_row["step"], args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract))).state
   _assert_trees_equal(_params(tmp_path, "best"), jax.tree.map(np.asarray, at_step.params))
+
+
+def test_progress_bar_on_a_terminal_and_plain_logs_otherwise(tmp_path):
+  """On a TTY: a tqdm bar with step, loss, rate and ETA; without one (CI): log lines."""
+  import pty
+
+  args = [sys.executable, "train.py", "--config", "configs/tiny.py", "--config.eval_every=0",
+          "--config.log_every=2"]
+  leader, follower = pty.openpty()
+  proc = subprocess.Popen([*args, f"--workdir={tmp_path / 'tty'}"], cwd=REPO, stdin=follower,
+                          stdout=follower, stderr=follower, env=dict(os.environ))
+  os.close(follower)
+  chunks = []
+  while True:
+    try:
+      chunk = os.read(leader, 4096)
+    except OSError:  # the child closed the terminal
+      break
+    if not chunk:
+      break
+    chunks.append(chunk)
+  assert proc.wait(timeout=300) == 0
+  screen = b"".join(chunks).decode(errors="replace")
+  assert "train:" in screen and "6/6" in screen and "loss=" in screen, screen[-2000:]
+  assert "step/s" in screen or "s/step" in screen
+  plain = run_cli(*args[1:], f"--workdir={tmp_path / 'plain'}")
+  assert plain.returncode == 0
+  assert "loss=" not in plain.stderr and "step 6/6  loss" in plain.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 import sys
 import time
 
@@ -48,8 +49,12 @@ class RunMonitor:
     except ImportError:  # optional
       log.info("tensorboardX not installed: no TensorBoard event files")
     self.interactive = sys.stderr.isatty()
+    # A terminal that reports a 0x0 size (some ptys, tmux panes being set up)
+    # would get an invisible bar from tqdm: fall back to 100x24.
+    size = shutil.get_terminal_size((100, 24))
     self.bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
-                         dynamic_ncols=True, disable=not self.interactive)
+                         ncols=size.columns or 100, nrows=size.lines or 24,
+                         disable=not self.interactive)
 
   def _read(self) -> list[dict]:
     if not self.path.is_file():
