@@ -13,11 +13,50 @@ Kernels keep the standard Flax layouts so parameters stay portable:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+# XLA:CPU (jax >= 0.8 or so) hands dots and convolutions to YNNPACK by default.
+# YNNPACK runs the forward and input-gradient convolutions of this net well but
+# the weight-gradient convolutions (an [H', W'] "kernel" the size of the image)
+# 2-5x slower than XLA's Eigen convolution; keeping YNNPACK for dots only sends
+# every convolution to Eigen. See docs/performance.md.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+  try:
+    jax.jit(lambda a: a + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(
+        jnp.zeros((), jnp.float32)).compile()
+    return True
+  except Exception:  # an XLA without this option: fall back to its defaults
+    return False
+
+
+def xla_compiler_options(backend: str | None = None) -> dict[str, str]:
+  """Per-executable XLA options under which these ops run fastest.
+
+  Pass them to ``jax.jit(fn, compiler_options=xla_compiler_options() or None)``.
+  Only XLA:CPU gets options (every convolution on Eigen instead of YNNPACK);
+  other backends, or an XLA that does not know the option, get ``{}``.
+
+  Args:
+    backend: "cpu", "gpu", ...; default ``jax.default_backend()``.
+  Returns:
+    option name -> value, possibly empty.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend != "cpu" or not _cpu_options_supported():
+    return {}
+  return dict(_CPU_COMPILER_OPTIONS)
 
 
 def center_crop(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -65,13 +104,65 @@ def max_pool2x2_reference(x: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------
 
 
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DN)
+
+
+# Weight gradient of a VALID conv as one convolution over the whole image:
+# dW[i, j, c, o] = sum_{n, h, w} x[n, h+i, w+j, c] * g[n, h, w, o], i.e. x with its
+# batch and feature axes swapped ([C, H, W, N]) convolved with g used as an
+# [H', W', N, O] kernel. Same formulation as XLA's own transpose rule, written out
+# so that the backward pass does not depend on how the forward is formulated.
+_DW_DN = lax.ConvDimensionNumbers(lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2),
+                                  out_spec=(2, 3, 0, 1))
+
+
+def _weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+  """Weight gradient of a VALID conv.
+
+  Args:
+    x: conv input ``[N, H, W, C]``.
+    g: gradient w.r.t. the conv output ``[N, H', W', O]``.
+  Returns:
+    ``[H - H' + 1, W - W' + 1, C, O]``.
+  """
+  return lax.conv_general_dilated(x, g, (1, 1), "VALID", dimension_numbers=_DW_DN)
+
+
+@jax.custom_vjp
+def _conv3x3_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """VALID 3x3 conv ``[N, H, W, C] -> [N, H-2, W-2, O]`` without bias (see conv3x3_valid)."""
+  y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+  return y[:, 1:-1, 1:-1, :]
+
+
+def _conv3x3_valid_fwd(x, kernel):
+  return _conv3x3_valid(x, kernel), (x, kernel)
+
+
+def _conv3x3_valid_bwd(res, g):
+  # Input gradient: XLA's own transpose of the VALID conv (a "full" conv with
+  # the flipped kernel, as fast as the forward). Weight gradient: the VALID
+  # formulation, not the transpose of SAME+crop, which pads g back to H x W
+  # and is slower on both YNNPACK and Eigen (docs/performance.md).
+  x, kernel = res
+  _, x_vjp = jax.vjp(lambda x_: _conv_valid(x_, kernel), x)
+  (dx,) = x_vjp(g)
+  return dx, _weight_grad(x, g).astype(kernel.dtype)
+
+
+_conv3x3_valid.defvjp(_conv3x3_valid_fwd, _conv3x3_valid_bwd)
+
+
 def conv3x3_valid(x: jax.Array, kernel: jax.Array,
                   bias: jax.Array | None = None) -> jax.Array:
   """VALID 3x3 conv as a SAME conv followed by a 1-px crop on each side.
 
   XLA:CPU runs SAME-padded convolutions about 2-3x faster than VALID ones; the
   border pixels of the SAME output are simply discarded, so the result equals
-  the VALID convolution exactly (up to float summation order).
+  the VALID convolution exactly (up to float summation order). The backward
+  pass is a custom VJP (see ``_conv3x3_valid_bwd``); it is fastest when the
+  enclosing ``jax.jit`` gets ``compiler_options=xla_compiler_options()``.
 
   Args:
     x: ``[N, H, W, C_in]``.
@@ -80,9 +171,7 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array,
   Returns:
     ``[N, H-2, W-2, C_out]``.
   """
-  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
-                               dimension_numbers=_DN)
-  y = y[:, 1:-1, 1:-1, :]
+  y = _conv3x3_valid(x, kernel.astype(x.dtype))
   return y if bias is None else y + bias.astype(y.dtype)
 
 

@@ -1,0 +1,360 @@
+r"""Train-step and forward-pass benchmark: unet_jax (XLA:CPU) against eager PyTorch.
+
+Every variant runs in its own worker process (so each one's peak RSS is its
+own), and the parent interleaves them: one timed call of each variant per round
+(JAX fast, PyTorch, JAX reference, ...), so that load from other users of a
+shared machine falls on all of them alike. Report medians and the ratios to
+PyTorch within the same run only.
+
+Variants:
+  jax               ``UNet()``, the fast formulations of ``unet_jax.layers``,
+                    jitted with ``layers.xla_compiler_options()``.
+  jax_xla_defaults  the same model jitted with XLA's default options.
+  jax_reference     ``UNet(reference_ops=True)``: textbook ops, same parameters,
+                    XLA's default options (the starting point).
+  torch             ``benchmarks/torch_unet.py`` in eager mode, fp32 (autocast
+                    bf16 with ``--dtype bfloat16``), ``torch.set_num_threads(cpu_count)``.
+
+The train step is forward + pixel-weighted cross-entropy (mean over pixels) +
+backward + SGD with momentum 0.99; dropout is active in both frameworks. The
+JAX step is one ``jax.jit`` with parameters and optimizer state donated.
+
+Usage (from the repo root)::
+
+  .venv/bin/python benchmarks/train_step.py --size 572 --features 64 --reps 5
+  .venv/bin/python benchmarks/train_step.py --size 252 --features 64 --reps 7
+  .venv/bin/python benchmarks/train_step.py --size 572 --dtype bfloat16 \
+      --variants jax,torch
+
+Each run stores its figures as JSON beside ``--out`` and rewrites the markdown
+table ``--out`` from all JSON files found there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference")
+
+
+# --------------------------------------------------------------------------
+# Workers: one framework / formulation per process.
+# --------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+  """Peak resident set size of this process in MiB (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _batch_numpy(args: argparse.Namespace) -> dict[str, Any]:
+  """A fixed random batch: image ``[B, S, S, 1]``, label and weight ``[B, S', S']``."""
+  import numpy as np
+  sys.path.insert(0, REPO)
+  from unet_jax.model import output_size
+  out = output_size(args.size, args.depth)
+  rng = np.random.default_rng(0)
+  return {
+      "image": rng.standard_normal((args.batch, args.size, args.size, 1), np.float32),
+      "label": rng.integers(0, 2, (args.batch, out, out), dtype=np.int32),
+      "weight": rng.uniform(0.5, 10.0, (args.batch, out, out)).astype(np.float32),
+  }
+
+
+class JaxWorker:
+  """Builds the jitted forward pass and train step of ``unet_jax.model.UNet``."""
+
+  def __init__(self, args: argparse.Namespace, reference: bool, compiler_options: bool):
+    sys.path.insert(0, REPO)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from unet_jax import layers
+    from unet_jax.losses import weighted_cross_entropy
+    from unet_jax.model import UNet
+
+    self.jax = jax
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = UNet(num_classes=2, features=args.features, depth=args.depth, dtype=dtype,
+                 reference_ops=reference)
+    b = _batch_numpy(args)
+    self.batch = {k: jnp.asarray(v) for k, v in b.items()}
+    self.params = model.init(jax.random.PRNGKey(0), self.batch["image"][:1])["params"]
+    tx = optax.sgd(1e-2, momentum=0.99)
+    self.opt_state = tx.init(self.params)
+    self.key = jax.random.PRNGKey(1)
+
+    def loss_fn(params, batch, key):
+      logits = model.apply({"params": params}, batch["image"], train=True,
+                           rngs={"dropout": key})
+      return weighted_cross_entropy(logits, batch["label"], batch["weight"])
+
+    def step(params, opt_state, batch, key):
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    opts = (layers.xla_compiler_options() or None) if compiler_options else None
+    self._step = jax.jit(step, donate_argnums=(0, 1), compiler_options=opts)
+    self._fwd = jax.jit(lambda p, x: model.apply({"params": p}, x), compiler_options=opts)
+
+  def forward(self) -> None:
+    self.jax.block_until_ready(self._fwd(self.params, self.batch["image"]))
+
+  def step(self) -> None:
+    self.key, sub = self.jax.random.split(self.key)
+    self.params, self.opt_state, loss = self._step(self.params, self.opt_state,
+                                                   self.batch, sub)
+    self.jax.block_until_ready((self.params, loss))
+
+
+class TorchWorker:
+  """Eager PyTorch peer (``benchmarks/torch_unet.py``), NCHW."""
+
+  def __init__(self, args: argparse.Namespace):
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from torch_unet import TorchUNet, weighted_cross_entropy
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    self.torch = torch
+    self.loss_fn = weighted_cross_entropy
+    self.model = TorchUNet(1, 2, args.features, args.depth)
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-2, momentum=0.99)
+    b = _batch_numpy(args)
+    self.image = torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous()
+    self.label = torch.from_numpy(b["label"]).long()
+    self.weight = torch.from_numpy(b["weight"])
+    self.autocast = args.dtype == "bfloat16"
+
+  def _logits(self):
+    with self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.autocast):
+      return self.model(self.image)
+
+  def forward(self) -> None:
+    self.model.eval()
+    with self.torch.no_grad():
+      self._logits()
+
+  def step(self) -> None:
+    self.model.train()
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.loss_fn(self._logits(), self.label, self.weight)
+    loss.backward()
+    self.opt.step()
+
+
+def worker_main(args: argparse.Namespace) -> None:
+  """Serves timing requests read as lines from stdin; answers JSON lines on stdout."""
+  out = sys.stdout
+  sys.stdout = sys.stderr  # keep library chatter off the protocol channel
+  t0 = time.perf_counter()
+  if args.worker == "torch":
+    w = TorchWorker(args)
+  else:
+    w = JaxWorker(args, reference=args.worker == "jax_reference",
+                  compiler_options=args.worker == "jax")
+  info = {"setup_s": time.perf_counter() - t0}
+  for op in ("forward", "step"):  # warm-up: compilation, allocator, first-touch
+    t0 = time.perf_counter()
+    getattr(w, op)()
+    info[f"first_{op}_s"] = time.perf_counter() - t0
+    info[f"rss_after_{op}_mb"] = _peak_rss_mb()
+  print(json.dumps(info), file=out, flush=True)
+  for line in sys.stdin:
+    op = line.strip()
+    if op == "quit":
+      break
+    t0, c0 = time.perf_counter(), time.process_time()
+    getattr(w, op)()
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"op": op, "s": dt, "cpu_s": dc, "peak_rss_mb": _peak_rss_mb()}),
+          file=out, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Parent: interleave, summarise, write.
+# --------------------------------------------------------------------------
+
+
+def _spawn(name: str, args: argparse.Namespace) -> subprocess.Popen:
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+         "--size", str(args.size), "--features", str(args.features), "--depth",
+         str(args.depth), "--batch", str(args.batch), "--dtype", args.dtype]
+  return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          cwd=REPO)
+
+
+def _ask(proc: subprocess.Popen, op: str) -> dict[str, Any]:
+  proc.stdin.write(op + "\n")
+  proc.stdin.flush()
+  line = proc.stdout.readline()
+  if not line:
+    raise RuntimeError(f"worker died (exit code {proc.wait()})")
+  return json.loads(line)
+
+
+def _load() -> str:
+  la = os.getloadavg()
+  return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs the interleaved benchmark and returns the summary."""
+  variants = args.variants.split(",")
+  reps = {v: (args.reference_reps if v == "jax_reference" else args.reps) for v in variants}
+  result: dict[str, Any] = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "size": args.size, "features": args.features, "depth": args.depth,
+      "batch": args.batch, "dtype": args.dtype, "reps": reps,
+      "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_before": _load(),
+      "variants": {},
+  }
+  times: dict[str, dict[str, list[float]]] = {
+      v: {"forward": [], "step": [], "forward_cpu": [], "step_cpu": []} for v in variants}
+  procs: dict[str, subprocess.Popen] = {}
+  try:
+    # Start and warm the workers one at a time, so that compilation runs alone.
+    for v in variants:
+      procs[v] = _spawn(v, args)
+      line = procs[v].stdout.readline()
+      if not line:
+        raise RuntimeError(f"worker {v} died during warm-up (exit {procs[v].wait()})")
+      result["variants"][v] = {"warmup": json.loads(line)}
+      print(f"[{v}] warm: {result['variants'][v]['warmup']}", flush=True)
+    for r in range(max(reps.values())):
+      for op in ("forward", "step"):
+        for v in variants:
+          if r < reps[v]:
+            ans = _ask(procs[v], op)
+            times[v][op].append(ans["s"])
+            times[v][op + "_cpu"].append(ans["cpu_s"])
+            result["variants"][v]["peak_rss_mb"] = ans["peak_rss_mb"]
+            print(f"rep {r} {op:7s} {v:16s} {ans['s']:8.3f} s  cpu {ans['cpu_s']:8.3f} s  "
+                  f"load {_load()}", flush=True)
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        try:
+          p.stdin.write("quit\n")
+          p.stdin.flush()
+        except (BrokenPipeError, OSError):
+          pass
+    for p in procs.values():
+      try:
+        p.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        p.kill()
+  result["load_after"] = _load()
+  for v in variants:
+    for op in ("forward", "step", "forward_cpu", "step_cpu"):
+      result["variants"][v][f"{op}_s"] = times[v][op]
+      result["variants"][v][f"{op}_median_s"] = statistics.median(times[v][op])
+  return result
+
+
+def _row(name: str, v: dict[str, Any], torch: dict[str, Any] | None) -> str:
+  cells = []
+  for op in ("forward", "step", "step_cpu"):
+    t = v[f"{op}_median_s"]
+    ratio = f"{t / torch[f'{op}_median_s']:.2f}×" if torch else "–"
+    cells.append(f"{t:.3g} | {ratio}")
+  return (f"| {name} | {' | '.join(cells)} | "
+          f"{v['peak_rss_mb'] / 1024:.2f} | {v['warmup']['first_step_s']:.1f} |")
+
+
+def write_markdown(out: str) -> None:
+  """Rewrites ``out`` from every ``train_step_*.json`` beside it."""
+  runs = []
+  for path in sorted(glob.glob(os.path.join(os.path.dirname(out) or ".", "train_step_*.json"))):
+    with open(path) as f:
+      runs.append((os.path.basename(path), json.load(f)))
+  lines = [
+      "# Train step and forward pass: unet_jax vs PyTorch on CPU",
+      "",
+      "Written by `benchmarks/train_step.py` (see its docstring and docs/performance.md).",
+      "Medians over the timed reps after one warm-up call; each variant in its own",
+      "process, calls interleaved round by round. Ratios are JAX / PyTorch from the same",
+      "run. 'CPU' is the process CPU time of the step (all threads): on a machine shared",
+      "with other jobs it shows the work done better than the wall time, but PyTorch's",
+      "OpenMP threads spin while waiting, which inflates its CPU time. Peak RSS is the",
+      "worker process's `ru_maxrss` (forward + train step). 'First step' includes",
+      "compilation.",
+      "",
+  ]
+  for name, r in runs:
+    torch = r["variants"].get("torch")
+    lines += [
+        f"## {r['size']}², {r['features']} features, depth {r['depth']}, batch {r['batch']}, "
+        f"{r['dtype']} ({name})",
+        "",
+        f"{r['date']}, {r['cpu_count']} CPUs ({r['machine']}), reps {r['reps']}, load "
+        f"average before {r['load_before']}, after {r['load_after']}"
+        + (f", XLA_FLAGS=`{r['xla_flags']}`" if r["xla_flags"] else "") + ".",
+        "",
+        "| variant | forward (s) | vs PyTorch | train step (s) | vs PyTorch "
+        "| train step CPU (s) | vs PyTorch | peak RSS (GiB) | first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in VARIANTS:
+      if v in r["variants"]:
+        label = {"jax": "unet_jax `UNet()`, `layers.xla_compiler_options()`",
+                 "jax_xla_defaults": "unet_jax `UNet()`, XLA default options",
+                 "jax_reference": "unet_jax `UNet(reference_ops=True)`, XLA defaults",
+                 "torch": "PyTorch eager" + (" (autocast bf16)" if r["dtype"] == "bfloat16"
+                                            else "")}[v]
+        lines.append(_row(label, r["variants"][v], torch))
+    lines.append("")
+  with open(out, "w") as f:
+    f.write("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--size", type=int, default=572, help="input tile side (a valid size)")
+  p.add_argument("--features", type=int, default=64, help="channels of the first level")
+  p.add_argument("--depth", type=int, default=4)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--reps", type=int, default=5, help="timed calls per op and variant")
+  p.add_argument("--reference-reps", type=int, default=2,
+                 help="timed calls for jax_reference (slow at paper size)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--variants", default=",".join(VARIANTS),
+                 help=f"comma-separated subset of {VARIANTS}")
+  p.add_argument("--out", default=os.path.join(REPO, "results", "train_step_benchmark.md"))
+  p.add_argument("--tag", default="", help="suffix of the JSON file name")
+  p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.worker:
+    worker_main(args)
+    return
+  for v in args.variants.split(","):
+    if v not in VARIANTS:
+      p.error(f"unknown variant {v!r}; choose from {VARIANTS}")
+  result = run(args)
+  tag = f"_{args.tag}" if args.tag else ""
+  path = os.path.join(os.path.dirname(args.out) or ".",
+                      f"train_step_{args.size}_f{args.features}_{args.dtype}{tag}.json")
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  write_markdown(args.out)
+  print(open(args.out).read())
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,137 @@
+"""Each fast op of unet_jax.layers against its textbook reference: values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax import layers
+from unet_jax.losses import weighted_cross_entropy
+from unet_jax.model import UNet, output_size
+
+
+def _rand(key, shape, scale=1.0):
+  return scale * jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
+
+
+def _assert_close(a, b, rtol=2e-5, atol=2e-5):
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  assert a.shape == b.shape
+  scale = max(float(np.abs(b).max()), 1.0)
+  np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * scale)
+
+
+def _check_op_and_vjp(fast, ref, args, out_key=99):
+  """Same output and same vjp w.r.t. every argument for a random cotangent."""
+  y, vjp = jax.vjp(fast, *args)
+  y_ref, vjp_ref = jax.vjp(ref, *args)
+  _assert_close(y, y_ref)
+  g = _rand(out_key, y.shape)
+  for d, d_ref in zip(vjp(g), vjp_ref(g)):
+    _assert_close(d, d_ref)
+
+
+@pytest.mark.parametrize("n,h,w,c,o", [(1, 9, 9, 3, 5), (2, 10, 7, 4, 20), (3, 6, 8, 1, 2)])
+def test_conv3x3_valid_matches_reference(n, h, w, c, o):
+  args = (_rand(0, (n, h, w, c)), _rand(1, (3, 3, c, o), 0.3), _rand(2, (o,)))
+  _check_op_and_vjp(layers.conv3x3_valid, layers.conv_valid_reference, args)
+
+
+def test_conv3x3_valid_without_bias_and_second_order_free_of_errors():
+  x, k = _rand(0, (1, 8, 8, 2)), _rand(1, (3, 3, 2, 3))
+  _check_op_and_vjp(layers.conv3x3_valid, layers.conv_valid_reference, (x, k))
+  assert layers.conv3x3_valid(x, k).shape == (1, 6, 6, 3)
+
+
+def test_conv3x3_valid_weight_grad_large_batch():
+  # more than 16 images: the weight-gradient conv then has more than 16 input features
+  args = (_rand(0, (18, 5, 5, 2)), _rand(1, (3, 3, 2, 3)), _rand(2, (3,)))
+  _check_op_and_vjp(layers.conv3x3_valid, layers.conv_valid_reference, args)
+
+
+def test_conv3x3_valid_bfloat16_close_to_float32():
+  x, k, b = _rand(0, (1, 12, 12, 8)), _rand(1, (3, 3, 8, 16), 0.2), _rand(2, (16,))
+  y16 = layers.conv3x3_valid(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                             b.astype(jnp.bfloat16))
+  assert y16.dtype == jnp.bfloat16
+  _assert_close(y16, layers.conv_valid_reference(x, k, b), rtol=3e-2, atol=3e-2)
+  loss = lambda k: jnp.sum(layers.conv3x3_valid(  # noqa: E731
+      x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)).astype(jnp.float32) ** 2)
+  loss_ref = lambda k: jnp.sum(layers.conv_valid_reference(x, k) ** 2)  # noqa: E731
+  dk = jax.grad(loss)(k)
+  assert dk.dtype == jnp.float32
+  _assert_close(dk, jax.grad(loss_ref)(k), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("n,h,w,c,o", [(1, 4, 5, 3, 2), (2, 3, 3, 6, 4)])
+def test_upconv2x2_matches_reference(n, h, w, c, o):
+  args = (_rand(0, (n, h, w, c)), _rand(1, (2, 2, c, o)), _rand(2, (o,)))
+  _check_op_and_vjp(layers.upconv2x2, layers.upconv2x2_reference, args)
+  assert layers.upconv2x2(*args).shape == (n, 2 * h, 2 * w, o)
+
+
+def test_upconv2x2_convention():
+  # y[n, 2h+a, 2w+b, o] = sum_c x[n, h, w, c] k[a, b, c, o]
+  x, k = _rand(0, (1, 2, 3, 4)), _rand(1, (2, 2, 4, 5))
+  y = np.asarray(layers.upconv2x2(x, k))
+  expected = np.einsum("nhwc,abco->nhawbo", np.asarray(x), np.asarray(k)).reshape(1, 4, 6, 5)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 6, 3), (2, 8, 2, 5)])
+def test_max_pool2x2_matches_reference(shape):
+  _check_op_and_vjp(layers.max_pool2x2, layers.max_pool2x2_reference, (_rand(0, shape),))
+
+
+def test_max_pool2x2_rejects_odd_sizes():
+  with pytest.raises(ValueError, match="even"):
+    layers.max_pool2x2(jnp.zeros((1, 5, 4, 1)))
+
+
+def test_conv1x1_matches_reference():
+  args = (_rand(0, (2, 5, 4, 6)), _rand(1, (1, 1, 6, 2)), _rand(2, (2,)))
+  _check_op_and_vjp(layers.conv1x1, layers.conv_valid_reference, args)
+
+
+def test_center_crop():
+  x = jnp.arange(2 * 6 * 8 * 1.0).reshape(2, 6, 8, 1)
+  np.testing.assert_array_equal(layers.center_crop(x, 2, 4), x[:, 2:4, 2:6])
+  with pytest.raises(ValueError, match="cannot crop"):
+    layers.center_crop(x, 7, 4)
+
+
+def test_xla_compiler_options_compile_and_keep_results():
+  opts = layers.xla_compiler_options()
+  if jax.default_backend() == "cpu":
+    assert opts, "expected the XLA:CPU options on a CPU backend"
+  assert layers.xla_compiler_options("gpu") == {}
+  x, k = _rand(0, (1, 8, 8, 2)), _rand(1, (3, 3, 2, 3))
+  f = lambda x, k: jax.grad(lambda k: jnp.sum(layers.conv3x3_valid(x, k) ** 2))(k)  # noqa: E731
+  _assert_close(jax.jit(f, compiler_options=opts or None)(x, k), jax.jit(f)(x, k))
+
+
+def test_unet_fast_ops_match_reference_ops():
+  """Depth-2, 4-feature UNet: logits and parameter gradients of the weighted loss."""
+  size = 44
+  out = output_size(size, 2)
+  x = _rand(0, (2, size, size, 1))
+  labels = jax.random.randint(jax.random.PRNGKey(1), (2, out, out), 0, 2)
+  weights = jax.random.uniform(jax.random.PRNGKey(2), (2, out, out), minval=0.5, maxval=5.0)
+  fast = UNet(features=4, depth=2, dropout_rate=0.0)
+  ref = UNet(features=4, depth=2, dropout_rate=0.0, reference_ops=True)
+  params = fast.init(jax.random.PRNGKey(3), x)["params"]
+  # biases are zero at init; make them non-zero so their gradients path is exercised
+  params = jax.tree.map(lambda p: p + 0.01 if p.ndim == 1 else p, params)
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, x)
+    return weighted_cross_entropy(logits, labels, weights), logits
+
+  (l_fast, logits_fast), g_fast = jax.value_and_grad(
+      lambda p: loss(fast, p), has_aux=True)(params)
+  (l_ref, logits_ref), g_ref = jax.value_and_grad(lambda p: loss(ref, p), has_aux=True)(params)
+  _assert_close(logits_fast, logits_ref)
+  _assert_close(l_fast, l_ref)
+  assert jax.tree.structure(g_fast) == jax.tree.structure(g_ref)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+    _assert_close(a, b, rtol=1e-4, atol=1e-4)

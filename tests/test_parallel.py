@@ -1,0 +1,85 @@
+"""Data parallel step on 2 (forced host) devices equals the single-device step.
+
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` must be set before jax is
+imported, so the check runs in a subprocess.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from unet_jax import parallel
+    from unet_jax.losses import weighted_cross_entropy
+    from unet_jax.model import UNet, output_size
+
+    assert len(jax.devices()) == 2, jax.devices()
+    model = UNet(features=4, depth=2, dropout_rate=0.0)
+    size, out = 44, output_size(44, 2)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((2, size, size, 1)).astype(np.float32),
+             "label": rng.integers(0, 2, (2, out, out)).astype(np.int32),
+             "weight": rng.uniform(0.5, 5.0, (2, out, out)).astype(np.float32)}
+    tx = optax.sgd(0.05, momentum=0.99)
+
+    def init_state():
+      params = model.init(jax.random.PRNGKey(0), batch["image"][:1])["params"]
+      return {"params": params, "opt": tx.init(params)}
+
+    def step(state, batch):
+      def loss_fn(p):
+        logits = model.apply({"params": p}, batch["image"])
+        return weighted_cross_entropy(logits, batch["label"], batch["weight"])
+      loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+      updates, opt = tx.update(grads, state["opt"], state["params"])
+      return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, {"loss": loss}
+
+    single = jax.jit(step, donate_argnums=0)
+    s1, m1 = single(init_state(), batch)
+    s1, m1 = single(s1, batch)
+
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.devices.size == 2
+    sharded = parallel.jit_data_parallel(step, mesh)
+    state = parallel.replicate(init_state(), mesh)
+    b = parallel.shard_batch(batch, mesh)
+    assert b["image"].sharding.shard_shape(b["image"].shape) == (1, size, size, 1)
+    s2, m2 = sharded(state, b)
+    s2, m2 = sharded(s2, b)
+    leaf = jax.tree.leaves(s2["params"])[0]
+    assert leaf.sharding.is_fully_replicated and len(leaf.devices()) == 2
+
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+    for a, c in zip(jax.tree.leaves(s2), jax.tree.leaves(s1)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=1e-5)
+
+    try:
+      parallel.shard_batch({"x": np.zeros((3, 2))}, mesh)
+      raise AssertionError("expected ValueError for a batch of 3 on 2 devices")
+    except ValueError as e:
+      assert "multiple of the 2 devices" in str(e)
+    print("PARALLEL_OK")
+""")
+
+
+def test_two_device_step_matches_single_device():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "PARALLEL_OK" in proc.stdout
+
+
+def test_make_mesh_single_device():
+  from unet_jax import parallel
+  import jax
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  assert mesh.axis_names == ("data",) and mesh.devices.size == 1
