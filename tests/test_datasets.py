@@ -49,7 +49,13 @@ def test_dic_hela_real_files(data_root):
   seg = data_root / "ctc" / "DIC-C2DH-HeLa" / "01_ST" / "SEG"
   mask = np.asarray(Image.open(seg / "man_seg060.tif"))  # Pillow decodes LZW on its own
   np.testing.assert_array_equal(val.instances[0], mask)
-  np.testing.assert_array_equal(val.labels[0], mask > 0)
+  # labels: the cells with a background gap where two of them touch (paper Fig. 3)
+  touching = val.labels[0] != (mask > 0)
+  assert 0 < touching.sum() < 0.02 * mask.size
+  assert np.all(mask[touching] > 0) and np.all(val.labels[0][~touching] == (mask > 0)[~touching])
+  comps, n = ndimage.label(val.labels[0] == 1)
+  assert n >= len(np.unique(mask)) - 1
+  assert all(len(np.unique(mask[comps == c])) == 1 for c in range(1, n + 1))
   assert val.names[0] == "01/t060" and val.images[0].shape == (512, 512, 1)
   assert 10 <= len(np.unique(train.instances[0])) - 1 <= 18  # README: 10-18 cells per frame
 
@@ -146,7 +152,9 @@ def test_folder_dataset(tmp_path):
   data = datasets.load_split(_config("folder", tmp_path), "train")
   assert data.names == ["a", "b"] and data.num_channels == 3
   assert data.instances[0].max() == 2 and set(np.unique(data.instances[1])) == {0, 5, 9}
-  np.testing.assert_array_equal(data.labels[1], inst > 0)
+  gap = np.zeros_like(inst, bool)
+  gap[9:11, 0:10] = True  # rows 9 and 10: where instances 5 and 9 touch
+  np.testing.assert_array_equal(data.labels[1], (inst > 0) & ~gap)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -83,3 +83,34 @@ def test_balanced_class_weights():
 def test_rejects_non_2d():
   with pytest.raises(ValueError, match=r"\[H, W\]"):
     weight_map(np.zeros((2, 3, 3), np.int32))
+
+
+def test_separate_touching_leaves_a_gap_between_touching_cells_only():
+  from unet_jax.weight_maps import separate_touching
+  inst = np.zeros((6, 9), np.int32)
+  inst[1:5, 0:4] = 1
+  inst[1:5, 4:7] = 2   # touches cell 1 along a column
+  inst[0, 8] = 3       # isolated
+  sep = separate_touching(inst)
+  np.testing.assert_array_equal(sep[1:5, 3:5], 0)            # 2-px gap where they touched
+  np.testing.assert_array_equal(sep[1:5, 0:3], 1)
+  np.testing.assert_array_equal(sep[1:5, 5:7], 2)
+  assert sep[0, 8] == 3
+  # the gap is background, so the border term of Eq. 2 now lands between the cells
+  w = weight_map(sep, w0=10.0, sigma=5.0)
+  assert w[2, 3] == pytest.approx(1.0 + border(1, 2), rel=1e-6)
+  # no two instances stay 4-adjacent
+  assert instances_from_binary(sep > 0).max() == 3
+
+
+def test_separate_touching_on_random_voronoi():
+  from scipy import ndimage
+  from unet_jax.weight_maps import separate_touching
+  rng = np.random.default_rng(3)
+  seeds = np.zeros((50, 50), np.int32)
+  seeds[tuple(rng.integers(0, 50, (2, 12)))] = np.arange(1, 13)
+  _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+  inst = seeds[iy, ix]                      # touching cells covering the image
+  comps = instances_from_binary(separate_touching(inst) > 0)
+  for c in range(1, comps.max() + 1):       # each component lies in one instance
+    assert len(np.unique(inst[comps == c])) == 1

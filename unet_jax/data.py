@@ -90,7 +90,10 @@ def weights_for(config, data: SegmentationData, *,
   paths = [folder / f"{data.dataset}-{k}.npy" for k in keys]
   todo = [i for i, p in enumerate(paths) if not p.is_file()]
   for i in tqdm(todo, desc="weight maps", unit="img", disable=not sys.stderr.isatty()):
-    w = weight_maps.weight_map(data.instances[i], cw[:2], config.w0, config.sigma)
+    # Instances restricted to the foreground label: for touching cells (CTC)
+    # the separation gap becomes background, where Eq. 2's border term acts.
+    inst = np.where(data.labels[i] == 1, data.instances[i], 0)
+    w = weight_maps.weight_map(inst, cw[:2], config.w0, config.sigma)
     tmp = paths[i].with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, w)
     os.replace(tmp, paths[i])  # atomic: parallel runs never see half a file

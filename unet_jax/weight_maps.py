@@ -30,6 +30,35 @@ def instances_from_binary(cell_mask: np.ndarray) -> np.ndarray:
   return labels.astype(np.int32)
 
 
+def separate_touching(instances: np.ndarray) -> np.ndarray:
+  """Removes the pixels where two instances touch, leaving a background gap.
+
+  The paper's weight map (Eq. 2) puts its border term on the *background*
+  between touching cells, so instance masks without gaps (Cell Tracking
+  Challenge) need separation borders first (paper Fig. 3c/d): a pixel becomes
+  background if one of its 4-neighbours belongs to another instance. Afterwards
+  no two instances are 4-adjacent, so the 4-connected components of the
+  foreground are the (slightly eroded) instances.
+
+  Args:
+    instances: int ``[H, W]``, 0 = background.
+  Returns:
+    int32 ``[H, W]`` with the touching pixels set to 0.
+  """
+  inst = np.asarray(instances).astype(np.int32)
+  touching = np.zeros(inst.shape, bool)
+  for axis in (0, 1):
+    a = inst.take(range(inst.shape[axis] - 1), axis=axis)
+    b = inst.take(range(1, inst.shape[axis]), axis=axis)
+    diff = (a != b) & (a > 0) & (b > 0)
+    lo = [slice(None)] * 2
+    hi = [slice(None)] * 2
+    lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+    touching[tuple(lo)] |= diff
+    touching[tuple(hi)] |= diff
+  return np.where(touching, 0, inst).astype(np.int32)
+
+
 def balanced_class_weights(labels: Sequence[np.ndarray] | np.ndarray,
                            num_classes: int = 2) -> np.ndarray:
   """Class weights N / (K * n_k) over the training labels (mean weight 1).
