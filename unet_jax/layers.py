@@ -9,6 +9,10 @@ Kernels keep the standard Flax layouts so parameters stay portable:
 * 2x2 stride-2 up-convolution kernel ``[2, 2, C_in, C_out]`` with the convention
   ``y[n, 2h+a, 2w+b, o] = sum_c x[n, h, w, c] * k[a, b, c, o] + bias[o]``.
   (Note: ``flax.linen.ConvTranspose`` uses the spatially flipped kernel.)
+
+On XLA:CPU the backward pass is fastest when the enclosing ``jax.jit`` is given
+``compiler_options=xla_compiler_options()`` (every convolution on Eigen rather
+than YNNPACK: about 25 % off a paper-size train step).
 """
 
 from __future__ import annotations
