@@ -119,6 +119,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_config, tmp_
   _assert_trees_equal(before, _params(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_parameters(tmp_path):
   """Kill train.py mid-run, re-run the same command: same final parameters."""
   args = ["train.py", "--config", "configs/tiny.py", "--config.num_steps=16",
@@ -189,3 +190,22 @@ def test_progress_bar_on_a_terminal_and_plain_logs_otherwise(tmp_path):
   plain = run_cli(*args[1:], f"--workdir={tmp_path / 'plain'}")
   assert plain.returncode == 0
   assert "loss=" not in plain.stderr and "step 6/6  loss" in plain.stderr
+
+
+@pytest.mark.slow
+def test_data_parallel_training_on_two_devices_matches_one(tmp_path):
+  """train.py on 2 (forced host) devices, batch 2, with a resume in between."""
+  args = ["train.py", "--config", "configs/tiny.py", "--config.eval_every=0",
+          "--config.batch_size=2", "--config.checkpoint_every=2"]
+  two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  first = run_cli(*args, "--config.num_steps=2", f"--workdir={tmp_path / 'two'}", env=two)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "data parallel over 2 devices" in first.stderr
+  second = run_cli(*args, "--config.num_steps=4", f"--workdir={tmp_path / 'two'}", env=two)
+  assert second.returncode == 0 and "resumed from checkpoint step 2" in second.stderr
+  one = run_cli(*args, "--config.num_steps=4", f"--workdir={tmp_path / 'one'}")
+  assert one.returncode == 0, one.stderr[-2000:]
+  for a, b in zip(jax.tree.leaves(_params(tmp_path / "two")), jax.tree.leaves(_params(tmp_path / "one"))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  odd = run_cli(*args, "--config.batch_size=3", f"--workdir={tmp_path / 'odd'}", env=two)
+  assert odd.returncode == 2 and "multiple of the 2 devices" in odd.stderr

@@ -160,6 +160,14 @@ def check_same_architecture(old: ml_collections.ConfigDict,
 # --------------------------------------------------------------------------
 
 
+def _on_default_device(abstract: Any) -> Any:
+  """Shapes/dtypes placed on this process's first device, so that checkpoints
+  written on other devices or topologies (GPUs, data parallel) load here."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      abstract)
+
+
 def load_for_inference(workdir: str | pathlib.Path, which: str = "best"):
   """Loads a trained model for prediction.
 
@@ -175,7 +183,8 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best"):
   workdir = pathlib.Path(workdir)
   config = read_config(workdir)
   model = train_lib.make_model(config)
-  abstract = jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.PRNGKey(0)))
+  abstract = _on_default_device(
+      jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.PRNGKey(0))))
   if which not in ("best", "latest"):
     raise UserInputError(f"--checkpoint must be 'best' or 'latest', got {which!r}")
   if which == "best":
@@ -195,8 +204,8 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best"):
   if step is None:
     raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
                          f"(python train.py --config ... --workdir {workdir})")
-  abstract_state = jax.eval_shape(
-      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0)))
+  abstract_state = _on_default_device(jax.eval_shape(
+      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0))))
   state = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state))).state
   mgr.close()

@@ -27,6 +27,8 @@ import optax
 
 from unet_jax import checkpoint
 from unet_jax import config_lib
+from unet_jax import layers
+from unet_jax import parallel
 from unet_jax import model as model_lib
 from unet_jax.errors import NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
@@ -143,15 +145,15 @@ def make_train_step(model: model_lib.UNet, config: ml_collections.ConfigDict,
   """
   fn = functools.partial(train_step_fn, model, make_optimizer(config))
   if mesh is None:
-    return jax.jit(fn, donate_argnums=0)
-  from unet_jax import parallel
+    return jax.jit(fn, donate_argnums=0,
+                   compiler_options=layers.xla_compiler_options() or None)
   return parallel.jit_data_parallel(fn, mesh)
 
 
 def make_eval_step(model: model_lib.UNet) -> Callable[[Any, Batch], dict]:
   """Jitted ``(params, batch) -> metrics`` without dropout."""
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=layers.xla_compiler_options() or None)
   def eval_step(params, batch):
     logits = model.apply({"params": params}, batch["image"], train=False)
     loss = weighted_cross_entropy(logits, batch["label"], batch["weight"])
@@ -248,6 +250,22 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
           "backend": jax.default_backend()}
 
 
+def _data_parallel_mesh(config: ml_collections.ConfigDict):
+  """A mesh over all local devices when there are several, else None.
+
+  The batch is split over the devices (data parallel, parameters replicated);
+  ``batch_size`` must be a multiple of the device count.
+  """
+  n = jax.device_count()
+  if n == 1:
+    return None
+  if config.batch_size % n:
+    raise UserInputError(f"--config.batch_size={config.batch_size} must be a multiple of the "
+                         f"{n} devices for data-parallel training (e.g. {n * max(1, config.batch_size // n)})")
+  log.info("data parallel over %d devices (batch %d per device)", n, config.batch_size // n)
+  return parallel.make_mesh()
+
+
 def _primary_metric(config: ml_collections.ConfigDict) -> str:
   """Held-out score that picks the best checkpoint: SEG for instance (cell) data."""
   return "vrand" if config.dataset in ("isbi2012", "synthetic") else "seg"
@@ -280,6 +298,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   model = make_model(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  mesh = _data_parallel_mesh(config)
+  if mesh is not None:
+    state = parallel.replicate(state, mesh)  # restored checkpoints keep this placement
   data_iter = data_lib.make_train_iterator(config, train_data)
   manager = checkpoint.train_manager(workdir, config.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, state, data_iter)
@@ -292,13 +313,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
              workdir, param_count(state.params))
   last_ckpt = start or None
 
-  train_step = make_train_step(model, config)
+  train_step = make_train_step(model, config, mesh)
   primary = _primary_metric(config)
   monitor = RunMonitor(workdir, config.num_steps, start, primary)
   best = checkpoint.best_score(workdir) if val_data is not None else None
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = next(data_iter)
+      if mesh is not None:
+        batch = parallel.shard_batch(batch, mesh)
       state, metrics = train_step(state, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       check_finite(step, metrics, config, last_ckpt, str(workdir))
