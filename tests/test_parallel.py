@@ -14,6 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
+    from random_nets import random_variables
     from unet_jax import parallel
     from unet_jax.losses import weighted_cross_entropy
     from unet_jax.model import UNet, output_size
@@ -28,7 +29,7 @@ _SCRIPT = textwrap.dedent("""
     tx = optax.sgd(0.05, momentum=0.99)
 
     def init_state():
-      params = model.init(jax.random.PRNGKey(0), batch["image"][:1])["params"]
+      params = random_variables(model, channels=1)["params"]  # no init compile
       return {"params": params, "opt": tx.init(params)}
 
     def step(state, batch):
@@ -71,7 +72,8 @@ def test_two_device_step_matches_single_device():
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
   env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"),
+                                       env.get("PYTHONPATH", "")])
   proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
