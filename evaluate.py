@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unet_jax import cli
+from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's "
@@ -54,7 +55,7 @@ def _test_volume(config) -> pathlib.Path:
   for path in (root / "isbi2012" / "test-volume.tif", root / "test-volume.tif"):
     if path.is_file():
       return path
-  raise cli.usage_error(f"test-volume.tif not found in {root} or {root / 'isbi2012'}; "
+  raise UserInputError(f"test-volume.tif not found in {root} or {root / 'isbi2012'}; "
                         "pass --input PATH")
 
 
@@ -63,14 +64,14 @@ def main(argv):
   from unet_jax import checkpoint, datasets, evaluation
 
   if not FLAGS.workdir:
-    raise cli.usage_error("--workdir is required (the training run's directory)")
+    raise UserInputError("--workdir is required (the training run's directory)")
   saved, model, variables = checkpoint.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
   config = _config(saved)
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
     if not config.get("val_indices"):
-      raise cli.usage_error("the config has no held-out split: set --config.val_indices "
+      raise UserInputError("the config has no held-out split: set --config.val_indices "
                             "(e.g. 25-29 for ISBI)")
     data = datasets.load_split(config, "val")
     scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out, **kwargs)
@@ -83,7 +84,7 @@ def main(argv):
     print(f"wrote {path} (float32 [S, H, W], cell-interior probability)")
   else:
     if not FLAGS.input:
-      raise cli.usage_error("--mode predict needs --input (a file, folder or multi-page TIFF)")
+      raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")
     written = evaluation.predict_files(model, variables, FLAGS.input, out, config, **kwargs)
     print(f"wrote {len(written)} files to {out}")
 

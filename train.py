@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unet_jax import cli, config_lib
+from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py",
@@ -41,7 +42,7 @@ def main(argv):
     print(f"one train step:        {report['step_seconds']:.3f} s on {report['backend']}")
     return
   if not FLAGS.workdir:
-    raise cli.usage_error("--workdir is required (where checkpoints and logs go)")
+    raise UserInputError("--workdir is required (where checkpoints and logs go)")
   train_lib.train_and_evaluate(config, FLAGS.workdir)
 
 

@@ -13,10 +13,6 @@ from typing import Callable
 from unet_jax.errors import NonFiniteError, UserInputError
 
 
-def usage_error(message: str) -> UserInputError:
-  return UserInputError(message)
-
-
 def _config_flag_message(exc: BaseException) -> str | None:
   """Rephrases ml_collections' errors for unknown/invalid --config fields."""
   text = str(exc)
