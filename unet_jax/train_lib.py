@@ -197,14 +197,13 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
 
 
 def versions() -> dict[str, str]:
-  import flax as _flax
-  import optax as _optax
-  import orbax.checkpoint as _ocp
+  """Versions of the stack and the devices of this run (written to versions.json)."""
+  import jaxlib
+  import orbax.checkpoint as ocp
   return {"python": sys.version.split()[0], "jax": jax.__version__,
-          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
-          "flax": _flax.__version__, "optax": _optax.__version__,
-          "orbax-checkpoint": _ocp.__version__, "numpy": np.__version__,
-          "backend": jax.default_backend(),
+          "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "orbax-checkpoint": ocp.__version__,
+          "numpy": np.__version__, "backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()]}
 
 
@@ -314,6 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   last_ckpt = start or None
 
   train_step = make_train_step(model, config, mesh)
+  schedule = learning_rate_schedule(config)  # for the logs; the optimizer has its own
   primary = _primary_metric(config)
   monitor = RunMonitor(workdir, config.num_steps, start, primary)
   best = checkpoint.best_score(workdir) if val_data is not None else None
@@ -327,8 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       check_finite(step, metrics, config, last_ckpt, str(workdir))
       monitor.update(metrics)
       if step % config.log_every == 0 or step == config.num_steps:
-        monitor.write_train(step, {"learning_rate": float(
-            learning_rate_schedule(config)(step - 1))})
+        monitor.write_train(step, {"learning_rate": float(schedule(step - 1))})
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         checkpoint.save(manager, step, state, data_iter)
         last_ckpt = step
