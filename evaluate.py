@@ -30,6 +30,8 @@ flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to load.")
 flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmentation).")
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
+flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
+                  "(default: heldout if the config has heldout_indices, else val).")
 
 
 def _config(saved):
@@ -70,10 +72,13 @@ def main(argv):
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
-    if not config.get("val_indices"):
-      raise UserInputError("the config has no held-out split: set --config.val_indices "
+    split = FLAGS.split or ("heldout" if config.heldout_indices else "val")
+    if not config.get(f"{split}_indices"):
+      raise UserInputError(f"the config has no {split} split: set --config.{split}_indices "
                             "(e.g. 25-29 for ISBI)")
-    data = datasets.load_split(config, "val")
+    data = datasets.load_split(config, split)
+    print(f"scoring the {split} split ({config.get(f'{split}_indices')})"
+          + (": these frames chose the checkpoint" if split == "val" else ""))
     scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out, **kwargs)
     print(evaluation.markdown_report(scores, {}, data.dataset, FLAGS.tta))
     print(f"report: {out / 'metrics.md'}, overlays: {out / 'overlays'}")

@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "synthetic"       # synthetic | isbi2012 | dic_hela | phc_u373 | folder
   c.data_dir = ""               # "" = built-in synthetic data or $UNET_JAX_DATA
   c.train_indices = ""          # slice/frame indices, e.g. "0-24" (SPEC section 5)
-  c.val_indices = ""            # e.g. "25-29"; "" = no held-out evaluation
+  c.val_indices = ""            # validation: picks the best checkpoint; "" = none
+  c.heldout_indices = ""        # reported held-out split (never used to select); "" = none
   c.ctc_sequences = "01"        # Cell Tracking Challenge sequences, e.g. "01,02"
   c.ctc_truth = "st"            # CTC masks: st (silver truth, all frames) | gt (gold, sparse)
   c.cache_dir = ""              # weight-map cache; "" = $UNET_JAX_CACHE or ~/.cache/unet_jax
@@ -33,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dropout_rate = 0.5          # end of contracting path (see unet_jax/model.py)
   c.dtype = "float32"           # float32 | bfloat16 (fp32 params and loss)
   c.in_channels = 0             # input channels; 0 = taken from the data
+  c.classifier_init_scale = 1.0  # init std of the final 1x1 conv x this (docs/cells.md)
 
   # --- loss (paper Eq. 1-2) ----------------------------------------------------
   c.w0 = 10.0                   # border weight
@@ -64,5 +66,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000           # held-out evaluation (0 = off)
   c.eval_tile_size = 0          # 0 = tile_size
   c.eval_batch_size = 4
-  c.min_object_size = 0         # cell data: drop predicted objects smaller than this (px)
+  # --- instances from p(cell) (cell data; unet_jax/instances.py) -------------------
+  c.instances = ml_collections.ConfigDict()
+  c.instances.method = "components"  # components (paper: threshold + components) | watershed
+  c.instances.threshold = 0.5        # cell where p(cell) > threshold
+  c.instances.seed_threshold = 0.9   # watershed seeds: p(cell) > seed_threshold ...
+  c.instances.seed_radius = 2        # ... eroded by a disk of this radius (px)
+  c.instances.min_size = 0           # drop objects (and seeds) smaller than this (px)
+  c.instances.fill_gaps = True       # give the separation borders back to the cells
   return c

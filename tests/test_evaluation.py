@@ -73,16 +73,6 @@ def test_scores_of_a_perfect_prediction(tiny_config):
   assert curves["threshold"][0] == 0.0
 
 
-def test_instances_from_probability_removes_small_objects():
-  prob = np.zeros((10, 10))
-  prob[1:4, 1:4] = 0.9  # 9 px
-  prob[6, 6] = 0.8      # 1 px
-  prob[6:9, 0:2] = 0.7  # 6 px
-  assert evaluation.instances_from_probability(prob).max() == 3
-  labels = evaluation.instances_from_probability(prob, min_size=5)
-  assert sorted(np.unique(labels)) == [0, 1, 2] and labels[6, 6] == 0
-
-
 def test_write_submission_shape_and_dtype(tiny_config, tmp_path):
   model, variables = _net(2, 4)
   volume = np.random.default_rng(0).integers(0, 255, (2, 30, 36), dtype=np.uint8)
@@ -202,20 +192,3 @@ def test_train_then_evaluate(tmp_path):
   assert metrics.isbi_scores  # the scores above came from unet_jax.metrics
 
 
-def test_instances_from_separated_labels_score_seg_one():
-  """Thresholding the separated training labels and filling the gaps gives back the cells."""
-  from scipy import ndimage
-  from unet_jax import metrics
-  from unet_jax.weight_maps import separate_touching
-  rng = np.random.default_rng(0)
-  seeds = np.zeros((60, 60), np.int32)
-  seeds[tuple(rng.integers(5, 55, (2, 8)))] = np.arange(1, 9)
-  dist, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-  gt = np.where(dist < 12, seeds[iy, ix], 0)  # touching round-ish cells on background
-  prob = (separate_touching(gt) > 0).astype(np.float32)
-  raw = evaluation.instances_from_probability(prob, fill_gaps=False)
-  filled = evaluation.instances_from_probability(prob)
-  assert metrics.seg_score(raw, gt) < 0.9 < 0.98 < metrics.seg_score(filled, gt)
-  # the gaps are filled; boundaries against the background barely move (corners)
-  assert np.all((raw > 0) <= (filled > 0))
-  assert ((filled > 0) & (gt == 0)).sum() < 0.02 * (gt > 0).sum()

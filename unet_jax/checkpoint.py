@@ -26,6 +26,9 @@ from unet_jax.errors import UserInputError
 log = logging.getLogger(__name__)
 
 ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels")
+# Config fields added after runs were committed, with the value that reproduces
+# those runs (so their workdirs still load).
+FIELDS_ADDED_LATER = {"classifier_init_scale": 1.0, "heldout_indices": ""}
 
 
 def _options(keep: int) -> ocp.CheckpointManagerOptions:
@@ -141,7 +144,11 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir, "config.json")
   if not path.is_file():
     raise UserInputError(f"{path} not found: is {workdir} the --workdir of a training run?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  for field, value in FIELDS_ADDED_LATER.items():  # workdirs of older versions
+    if field not in config:
+      config[field] = value
+  return config
 
 
 def check_same_architecture(old: ml_collections.ConfigDict,

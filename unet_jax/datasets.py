@@ -373,8 +373,9 @@ def load_split(config, split: str) -> SegmentationData:
   Args:
     config: needs ``dataset``, ``data_dir``, ``train_indices``, ``val_indices``,
       ``seed``, ``synthetic.*`` and, for CTC data, ``ctc_sequences``/``ctc_truth``.
-    split: "train", "val" or "test" ("test" = ISBI ``test-volume.tif`` or the
-      ``test/`` folder of a ``folder`` dataset: images only).
+    split: "train", "val" (picks the checkpoint), "heldout" (reported, never
+      used to select; ``heldout_indices``) or "test" (ISBI ``test-volume.tif``
+      or the ``test/`` folder of a ``folder`` dataset: images only).
   Returns:
     :class:`SegmentationData`; ``labels``/``instances`` are None for "test".
   Raises:
@@ -383,8 +384,8 @@ def load_split(config, split: str) -> SegmentationData:
   """
   if config.dataset not in READERS:
     raise UserInputError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
-  if split not in ("train", "val", "test"):
-    raise UserInputError(f"unknown split {split!r}; choose train, val or test")
+  if split not in ("train", "val", "heldout", "test"):
+    raise UserInputError(f"unknown split {split!r}; choose train, val, heldout or test")
   images, instances, labels, names = READERS[config.dataset](config, split)
   if split == "test":
     keep = list(range(len(images)))

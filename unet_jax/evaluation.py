@@ -18,6 +18,7 @@ follow the challenge convention: 1 = cell interior, 0 = membrane/background.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unet_jax import metrics, tiling
+from unet_jax import ctc_format, instances, metrics, tiling
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -66,67 +67,19 @@ def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, 
           for im in items]
 
 
-def fill_separation_gaps(labels: np.ndarray) -> np.ndarray:
-  """Gives the background gaps between touching cells back to the cells.
-
-  The inverse of ``weight_maps.separate_touching``, which removes one pixel on
-  each side where two cells touch: a background pixel with two different
-  instances within 2 px (Chebyshev) takes the label of its nearest instance.
-  Boundaries against real background are left as they are.
-
-  Args:
-    labels: int ``[H, W]`` instances, 0 = background.
-  Returns:
-    int32 ``[H, W]``.
-  """
-  from scipy import ndimage
-  from skimage.segmentation import expand_labels
-
-  labels = np.asarray(labels, np.int32)
-  big = np.iinfo(np.int32).max
-  hi = ndimage.maximum_filter(labels, size=5)
-  lo = ndimage.minimum_filter(np.where(labels > 0, labels, big), size=5)
-  gap = (labels == 0) & (hi > 0) & (lo < big) & (hi != lo)
-  return np.where(gap, expand_labels(labels, distance=2), labels).astype(np.int32)
-
-
-def instances_from_probability(cell_prob: np.ndarray, threshold: float = 0.5,
-                               min_size: int = 0, fill_gaps: bool = True) -> np.ndarray:
-  """Instances = 4-connected components of ``cell_prob > threshold``.
-
-  Args:
-    cell_prob: ``[H, W]`` cell probability.
-    threshold: cell where the probability exceeds it.
-    min_size: components smaller than this many pixels are removed.
-    fill_gaps: give the thin gaps between touching cells back to the cells
-      (:func:`fill_separation_gaps`), undoing the separation borders of the
-      training labels.
-  Returns:
-    int32 ``[H, W]``, 0 = background, 1..n = instances (consecutive).
-  """
-  labels = metrics.components(cell_prob > threshold)
-  if min_size > 1 and labels.max():
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = True
-    keep = np.cumsum(~small) * ~small  # new consecutive ids, 0 for removed
-    labels = keep[labels].astype(np.int32)
-  if fill_gaps and labels.max():
-    labels = fill_separation_gaps(labels)
-  return labels
-
-
 # --------------------------------------------------------------------------
 # Scores.
 # --------------------------------------------------------------------------
 
 
-def _instance_scores(cell_probs: list[np.ndarray], data, min_size: int) -> dict:
-  """SEG and V_rand / V_info of the thresholded instances (CTC-style data)."""
-  preds = [instances_from_probability(p, 0.5, min_size) for p in cell_probs]
+def _instance_scores(cell_probs: list[np.ndarray], data, params: instances.InstanceParams
+                     ) -> tuple[dict, list[np.ndarray]]:
+  """SEG, V_rand / V_info and merge/split counts of the instances (CTC-style data)."""
+  preds = [instances.from_probability(p, params) for p in cell_probs]
   ignore = [(lab != 0) & (lab != 1) for lab in data.labels]
   f1 = [metrics.pixel_f1(p > 0, lab == 1, ~ign)
         for p, lab, ign in zip(preds, data.labels, ignore)]
+  counts = [instances.merge_split_counts(p, g) for p, g in zip(preds, data.instances)]
   return {
       "seg": metrics.seg_score(preds, data.instances),
       "vrand": float(np.mean([metrics.rand_f_score(p, g, i)
@@ -134,6 +87,7 @@ def _instance_scores(cell_probs: list[np.ndarray], data, min_size: int) -> dict:
       "vinfo": float(np.mean([metrics.info_f_score(p, g, i)
                               for p, g, i in zip(preds, data.instances, ignore)])),
       "pixel_error": float(1.0 - np.mean(f1)),
+      **{k: int(sum(c[k] for c in counts)) for k in ("cells", "merged", "split", "missed")},
   }, preds
 
 
@@ -151,7 +105,7 @@ def score_predictions(cell_probs: list[np.ndarray], data, config, *,
     curves = result.pop("curves")
     masks = [p > result["best_threshold"] for p in cell_probs]
     return result, curves, masks
-  scores, preds = _instance_scores(cell_probs, data, int(config.get("min_object_size", 0)))
+  scores, preds = _instance_scores(cell_probs, data, instances.InstanceParams.from_config(config))
   return scores, {}, preds
 
 
@@ -169,7 +123,7 @@ def evaluate_split(model, variables: Any, data, config, *,
       membrane/background, other = ignore), ``instances``, ``names``,
       ``dataset``).
     config: uses ``eval_tile_size`` / ``tile_size``, ``eval_batch_size`` and
-      ``min_object_size`` (CTC, default 0).
+      ``instances`` (how cell data become instances; unet_jax/instances.py).
     out_dir: if given, writes ``metrics.json``, ``metrics.md`` and
       ``overlays/<name>.png`` there.
     tta: average the 8 flips/rotations.
@@ -224,16 +178,21 @@ def markdown_report(scores: dict, curves: dict, dataset: str, tta: bool = False)
 
 def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.ndarray],
                  masks: list[np.ndarray], tta: bool = False) -> pathlib.Path:
-  """Writes ``metrics.json``, ``metrics.md`` and one overlay PNG per image."""
+  """Writes ``metrics.json``, ``metrics.md``, one overlay PNG per image and,
+  for Cell Tracking Challenge frames, the challenge's ``<seq>_RES/maskTTT.tif``."""
   out = pathlib.Path(out_dir)
   (out / "overlays").mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(
       {"dataset": data.dataset, "tta": tta, "names": list(data.names), **scores,
        "curves": curves}, indent=2, allow_nan=True))
   (out / "metrics.md").write_text(markdown_report(scores, curves, data.dataset, tta))
+  instance_data = data.dataset not in ISBI_LIKE
   for image, prob, mask, label, name in zip(data.images, cell_probs, masks, data.labels,
                                             data.names):
-    save_overlay(out / "overlays" / f"{safe_name(name)}.png", image, prob, mask, label)
+    save_overlay(out / "overlays" / f"{safe_name(name)}.png", image, prob, mask, label,
+                 instances=instance_data)
+  if instance_data and data.names and all(map(ctc_format.is_frame_name, data.names)):
+    ctc_format.write_results(out, data.names, masks)
   return out
 
 
@@ -250,7 +209,8 @@ def error_map(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 
 def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndarray,
-                 mask: np.ndarray, label: np.ndarray | None = None) -> None:
+                 mask: np.ndarray, label: np.ndarray | None = None, *,
+                 instances: bool = False) -> None:
   """Writes a PNG: image, prediction, and ground truth + error map (if ``label``).
 
   Args:
@@ -259,6 +219,8 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
     mask: ``[H, W]`` predicted cell mask or instances (> 0 = cell).
     label: ``[H, W]`` ground truth (1 = cell, 0 = not, other = ignore) or None,
       in which case the instances are drawn instead.
+    instances: ``mask`` holds instance ids: add a panel with one colour per
+      object, so that merged and split cells are seen at a glance.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -270,6 +232,11 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
   outline[find_boundaries(np.asarray(mask).astype(np.int32), mode="inner")] = (1.0, 0.2, 0.2)
   panels = [("image", grey, "gray"), ("p(cell)", cell_prob, "magma"),
             ("prediction outlines", outline, None)]
+  if instances:
+    from skimage.color import label2rgb
+    panels.append((f"instances ({len(np.unique(mask[mask > 0]))})",
+                   label2rgb(np.asarray(mask), image=outline[..., 0], bg_label=0, alpha=0.45,
+                             image_alpha=1.0), None))
   if label is not None:
     panels += [("ground truth", np.where((label == 0) | (label == 1), label, 0.5), "gray"),
                ("errors: FP red, FN blue", error_map(mask, label), None)]
@@ -406,7 +373,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   Args:
     inputs: a file, a folder, or a list of files.
     out_dir: output folder (created).
-    config: as in ``evaluate_split`` (``min_object_size`` applies).
+    config: as in ``evaluate_split`` (``config.instances`` applies).
     threshold: cell-probability threshold of the instance labels.
   Returns:
     the written files.
@@ -417,7 +384,8 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   channels = _input_channels(variables)
-  min_size = int(config.get("min_object_size", 0))
+  params = dataclasses.replace(instances.InstanceParams.from_config(config),
+                               threshold=threshold)
   jobs = [(f, split_pages(read_pages(f), channels, str(f))) for f in files]
   bar = None
   if progress:
@@ -432,7 +400,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
                                   tta=tta)[0][..., 1])
       if bar is not None:
         bar.update()
-    labels = [instances_from_probability(p, threshold, min_size) for p in probs]
+    labels = [instances.from_probability(p, params) for p in probs]
     squeeze = (lambda xs: xs[0]) if len(pages) == 1 else np.stack
     written.append(_write_tiff(out / f"{path.stem}_prob.tif",
                                squeeze(probs).astype(np.float32)))
@@ -440,7 +408,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     for i, (image, prob, lab) in enumerate(zip(images, probs, labels)):
       page = "" if len(pages) == 1 else f"_p{i:03d}"
       overlay = out / f"{path.stem}{page}_overlay.png"
-      save_overlay(overlay, image, prob, lab)
+      save_overlay(overlay, image, prob, lab, instances=config.dataset not in ISBI_LIKE)
       written.append(overlay)
   if bar is not None:
     bar.close()

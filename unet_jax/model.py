@@ -26,9 +26,9 @@ from unet_jax import layers
 
 Dtype = Any
 
-def he_normal(fan_in: int) -> Callable:
-  """Gaussian init with std sqrt(2 / fan_in) (paper Sec. 3; He et al. 2015)."""
-  return nn.initializers.normal(stddev=(2.0 / fan_in) ** 0.5)
+def he_normal(fan_in: int, scale: float = 1.0) -> Callable:
+  """Gaussian init with std scale * sqrt(2 / fan_in) (paper Sec. 3; He et al. 2015)."""
+  return nn.initializers.normal(stddev=scale * (2.0 / fan_in) ** 0.5)
 
 
 # --------------------------------------------------------------------------
@@ -115,12 +115,14 @@ class ConvKernel(nn.Module):
   op: Callable[..., jax.Array]
   dtype: Dtype = jnp.float32
   upsampling: bool = False
+  init_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     fan_in = x.shape[-1] * (1 if self.upsampling else k * k)
-    kernel = self.param("kernel", he_normal(fan_in), (k, k, x.shape[-1], self.features),
+    kernel = self.param("kernel", he_normal(fan_in, self.init_scale),
+                        (k, k, x.shape[-1], self.features),
                         jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return self.op(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
@@ -139,6 +141,11 @@ class UNet(nn.Module):
     reference_ops: use the textbook ops (VALID conv, reduce_window pooling,
       conv_transpose) instead of the fast formulations; same parameters, same
       outputs up to float tolerance. For tests and benchmarks.
+    classifier_init_scale: multiplies the init std of the final 1x1 conv
+      (1 = the paper's sqrt(2/N)). At the paper's init the activations grow
+      through the four max-poolings and the logits start with std ~10, so the
+      first steps only shrink them; 0 starts from p = 1/K everywhere
+      (docs/cells.md). Only the initial values change, not the parameters.
   """
   num_classes: int = 2
   features: int = 64
@@ -146,6 +153,7 @@ class UNet(nn.Module):
   dropout_rate: float = 0.5
   dtype: Dtype = jnp.float32
   reference_ops: bool = False
+  classifier_init_scale: float = 1.0
 
   def _ops(self):
     if self.reference_ops:
@@ -193,5 +201,6 @@ class UNet(nn.Module):
       skip = layers.center_crop(skips[level], h.shape[1], h.shape[2])
       h = jnp.concatenate([skip, h], axis=-1)
       h = double_conv(h, feats, f"up{level}")
-    logits = ConvKernel(self.num_classes, 1, conv1, dt, name="classifier")(h)
+    logits = ConvKernel(self.num_classes, 1, conv1, dt, init_scale=self.classifier_init_scale,
+                        name="classifier")(h)
     return logits.astype(jnp.float32)

@@ -58,7 +58,8 @@ def make_model(config: ml_collections.ConfigDict) -> model_lib.UNet:
   model_lib.output_size(config.tile_size, config.depth)  # clear error for bad sizes
   return model_lib.UNet(num_classes=config.num_classes, features=config.features,
                         depth=config.depth, dropout_rate=config.dropout_rate,
-                        dtype=jnp.dtype(config.dtype))
+                        dtype=jnp.dtype(config.dtype),
+                        classifier_init_scale=config.classifier_init_scale)
 
 
 def init_params(model: model_lib.UNet, config: ml_collections.ConfigDict, rng: jax.Array):
