@@ -102,4 +102,4 @@ def test_heldout_report_writes_ctc_folders_scored_like_the_challenge(data_root, 
   assert report["seg"] == pytest.approx(_ctcmetrics_seg(tmp_path / "01_RES", ref_paths),
                                         abs=1e-12)
   assert report["seg"] == pytest.approx(scores["seg"])
-  assert {"merged", "split", "missed", "cells"} <= set(report)
+  assert {"cells_merged", "cells_split", "cells_missed", "cells"} <= set(report)

@@ -87,7 +87,8 @@ def _instance_scores(cell_probs: list[np.ndarray], data, params: instances.Insta
       "vinfo": float(np.mean([metrics.info_f_score(p, g, i)
                               for p, g, i in zip(preds, data.instances, ignore)])),
       "pixel_error": float(1.0 - np.mean(f1)),
-      **{k: int(sum(c[k] for c in counts)) for k in ("cells", "merged", "split", "missed")},
+      "cells": int(sum(c["cells"] for c in counts)),
+      **{f"cells_{k}": int(sum(c[k] for c in counts)) for k in ("merged", "split", "missed")},
   }, preds
 
 
@@ -133,7 +134,9 @@ def evaluate_split(model, variables: Any, data, config, *,
   Returns:
     Scalar scores: ISBI-like data ``vrand``, ``vinfo``, ``rand_error``,
     ``pixel_error``, ``warping_error``, ``best_threshold``; instance data
-    ``seg``, ``vrand``, ``vinfo``, ``pixel_error``; always ``num_images`` and
+    ``seg``, ``vrand``, ``vinfo``, ``pixel_error``, ``cells`` and
+    ``cells_merged`` / ``cells_split`` / ``cells_missed`` (see
+    ``instances.merge_split_counts``); always ``num_images`` and
     ``seconds``.
   """
   if data.labels is None:

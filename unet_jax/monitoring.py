@@ -3,7 +3,7 @@
 ``WORKDIR/metrics.jsonl`` has one JSON object per line:
 ``{"step": 50, "split": "train", "loss": ..., "accuracy": ..., "grad_norm": ...,
 "steps_per_sec": ...}`` every ``log_every`` steps, and
-``{"step": 1000, "split": "val", "vrand": ..., ...}`` after each held-out
+``{"step": 1000, "split": "val", "vrand": ..., ...}`` after each validation
 evaluation. On resume the lines past the resumed step are dropped (those steps
 are trained again), so the file always describes one consistent run.
 """
@@ -30,7 +30,7 @@ class RunMonitor:
     workdir: the run's directory.
     num_steps: total steps (for the bar's ETA).
     start_step: first step of this process (> 0 when resuming).
-    primary: name of the held-out metric plotted in curves.png.
+    primary: name of the validation metric plotted in curves.png.
   """
 
   def __init__(self, workdir: str | pathlib.Path, num_steps: int, start_step: int,
@@ -101,10 +101,10 @@ class RunMonitor:
     return row
 
   def write_eval(self, step: int, scores: dict) -> None:
-    row = {"step": step, "split": "val"}
-    row.update({k: float(v) for k, v in scores.items() if np.isscalar(v)})
+    row = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
+    row.update(step=step, split="val")
     self._append(row)
-    text = f"step {step}: held-out " + ", ".join(
+    text = f"step {step}: validation " + ", ".join(
         f"{k} {v:.4f}" for k, v in row.items() if k not in ("step", "split"))
     if self.interactive:
       self.bar.write(text, file=sys.stderr)
@@ -113,7 +113,7 @@ class RunMonitor:
     self.plot()
 
   def plot(self) -> None:
-    """Writes WORKDIR/curves.png: training loss and the held-out metric over steps."""
+    """Writes WORKDIR/curves.png: training loss and the validation metric over steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -126,7 +126,7 @@ class RunMonitor:
     if train and min(r["loss"] for r in train) > 0:
       axes[0].set_yscale("log")
     axes[1].plot([r["step"] for r in val], [r[self.primary] for r in val], "o-")
-    axes[1].set(title=f"held-out {self.primary}", xlabel="step", ylabel=self.primary)
+    axes[1].set(title=f"validation {self.primary}", xlabel="step", ylabel=self.primary)
     for ax in axes:
       ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -4,7 +4,7 @@ Functional core in the style of the Flax examples: ``create_train_state``
 builds the state, ``make_train_step`` returns one pure jitted
 ``(state, batch) -> (state, metrics)`` function that donates the state, and
 ``train_and_evaluate(config, workdir)`` runs the loop with auto-resume,
-periodic held-out evaluation, logging and checkpoints.
+periodic validation, logging and checkpoints.
 """
 
 from __future__ import annotations
