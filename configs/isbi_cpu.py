@@ -25,7 +25,7 @@ def get_config():
   c.classifier_init_scale = 0.0
   c.learning_rate = 0.002
   c.warmup_steps = 300
-  c.num_steps = 1500
+  c.num_steps = 1000
   c.eval_every = 250
   c.checkpoint_every = 250
   return c
