@@ -319,7 +319,9 @@ def _score_text(score: dict | None) -> str:
   if not score:
     return "No held-out evaluation was stored with the checkpoint."
   step = score.get("step")
-  parts = [f"{k} = {v:.4f}" for k, v in score.items() if k != "step" and isinstance(v, float)]
+  parts = [f"{k} = {int(v)}" if float(v).is_integer() else f"{k} = {v:.4f}"
+           for k, v in score.items()
+           if k not in ("step", "seconds") and isinstance(v, (int, float))]
   at = f" (checkpoint of step {step})" if step is not None else ""
   return "Held-out score of the exported checkpoint" + at + ": " + ", ".join(parts) + "."
 
@@ -339,7 +341,7 @@ def _documentation(config, name: str, score: dict | None, which: str, fixed_tile
 
 A U-Net exactly as in the paper (unpadded 3x3 convolutions, depth {depth},
 {config.features} features in the first level, {config.num_classes} classes), trained
-with [unet_jax](https://arxiv.org/abs/1505.04597) and exported to ONNX (opset {OPSET}).
+with unet_jax (JAX/Flax) and exported to ONNX (opset {OPSET}) with jax2onnx.
 
 ## Input and output
 
@@ -368,8 +370,8 @@ elastic deformations. Exported checkpoint: {which}.
 
 ## Checks done at export
 
-The test tensors are {test_source}: `test_input.npy` (raw) and `test_output.npy`
-(the ONNX output). ONNX (onnxruntime) vs the JAX model on this input: max absolute
+The test tensors are {test_source}: `test_input.npy` (normalised as in training;
+the declared preprocessing leaves it unchanged) and `test_output.npy` (the ONNX output). ONNX (onnxruntime) vs the JAX model on this input: max absolute
 difference of the probabilities {diff:.2e}.
 
 ## Cite
@@ -385,9 +387,9 @@ def _rdf(config, name: str, onnx_file: str, fixed_tile: int | None, in_channels:
   depth = int(config.depth)
   lo, step = size_rule(depth)
   b = model_lib.border(depth)
-  size = {"min": lo, "step": step} if fixed_tile is None else fixed_tile
-  space_in = [{"type": "space", "id": a, "size": size, "unit": "pixel"} for a in ("y", "x")]
-  space_out = [{"type": "space", "id": a, "unit": "pixel",
+  size = lambda: {"min": lo, "step": step} if fixed_tile is None else fixed_tile
+  space_in = [{"type": "space", "id": a, "size": size()} for a in ("y", "x")]
+  space_out = [{"type": "space", "id": a,
                 "size": {"tensor_id": INPUT_ID, "axis_id": a, "offset": -2 * b}}
                for a in ("y", "x")]
   in_names = ["grey"] if in_channels == 1 else [f"channel{i}" for i in range(in_channels)]
@@ -499,6 +501,8 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   arch = {f: config.get(f) for f in ("dataset", "num_classes", "features", "depth",
                                      "min_object_size", "eval_batch_size")}
   arch.update(in_channels=in_channels, tile=tile)
+  if config.get("instances") is not None:  # how predictions become instances
+    arch["instances"] = config.instances.to_dict()
   fixed = to_onnx(model, variables, in_channels, onnx_path, fixed_tile=fixed_tile,
                   metadata={"config": json.dumps(arch), "tile": tile,
                             "exported": datetime.datetime.now(datetime.timezone.utc)

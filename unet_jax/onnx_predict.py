@@ -66,6 +66,8 @@ class OnnxUNet:
         "eval_batch_size": int(fields.get("eval_batch_size") or 4),
         "min_object_size": int(fields.get("min_object_size") or 0),
     })
+    if fields.get("instances") is not None:
+      self.config.instances = ml_collections.ConfigDict(fields["instances"])
     self._input = self._session.get_inputs()[0].name
 
   def __call__(self, tiles: np.ndarray) -> np.ndarray:
