@@ -323,7 +323,7 @@ def _score_text(score: dict | None) -> str:
            for k, v in score.items()
            if k not in ("step", "seconds") and isinstance(v, (int, float))]
   at = f" (checkpoint of step {step})" if step is not None else ""
-  return "Held-out score of the exported checkpoint" + at + ": " + ", ".join(parts) + "."
+  return "Validation score of the exported checkpoint" + at + ": " + ", ".join(parts) + "."
 
 
 def _documentation(config, name: str, score: dict | None, which: str, fixed_tile: int | None,
@@ -360,8 +360,9 @@ with unet_jax (JAX/Flax) and exported to ONNX (opset {OPSET}) with jax2onnx.
 
 ## Training
 
-Trained on {data}; training images {config.get('train_indices', 'all')},
-held-out images {config.get('val_indices', 'none')}; {config.num_steps} steps of SGD with
+Trained on {data}; training images {config.get('train_indices') or 'all'},
+validation images (they chose the best checkpoint) {config.get('val_indices') or 'none'},
+held-out images {config.get('heldout_indices') or 'none'}; {config.num_steps} steps of SGD with
 momentum {config.get('momentum', 0.99)} on {config.tile_size}² tiles with the paper's
 weighted cross-entropy (w0 = {config.get('w0', '')}, sigma = {config.get('sigma', '')}) and
 elastic deformations. Exported checkpoint: {which}.
@@ -499,7 +500,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
 
   onnx_path = out / f"{name}.onnx"
   arch = {f: config.get(f) for f in ("dataset", "num_classes", "features", "depth",
-                                     "min_object_size", "eval_batch_size")}
+                                     "eval_batch_size")}
   arch.update(in_channels=in_channels, tile=tile)
   if config.get("instances") is not None:  # how predictions become instances
     arch["instances"] = config.instances.to_dict()

@@ -29,7 +29,7 @@ class OnnxUNet:
     fixed_tile: the only tile side the graph takes, or None (any valid side).
     dtype: activation dtype (float32), for the memory estimate of the tiler.
     config: the export-time config fields that inference uses (tile size,
-      batch size, min_object_size, dataset).
+      batch size, dataset, ``instances``).
   """
 
   def __init__(self, path: str | pathlib.Path):
@@ -64,7 +64,6 @@ class OnnxUNet:
         "tile_size": int(fields["tile"]),
         "eval_tile_size": self.fixed_tile or int(fields["tile"]),
         "eval_batch_size": int(fields.get("eval_batch_size") or 4),
-        "min_object_size": int(fields.get("min_object_size") or 0),
     })
     if fields.get("instances") is not None:
       self.config.instances = ml_collections.ConfigDict(fields["instances"])
