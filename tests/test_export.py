@@ -177,6 +177,6 @@ def test_clear_errors_for_missing_workdir_and_checkpoint(tmp_path, tiny_config):
 def test_cli_error_is_one_line_exit_2(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "unet_jax.export", "--workdir",
                          str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+                        cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 2
   assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
