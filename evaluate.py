@@ -3,6 +3,7 @@
     python evaluate.py --workdir DIR                        # held-out split -> DIR/eval
     python evaluate.py --workdir DIR --mode submission      # ISBI test-volume.tif -> submission.tif
     python evaluate.py --workdir DIR --mode predict --input IMAGES --out OUT
+    python evaluate.py --onnx MODEL.onnx --mode predict --input IMAGES --out OUT   # exported model
 
 The config saved in the workdir (``config.json``) is used unless ``--config``
 is given (its architecture must match the checkpoint's). This file is
@@ -32,6 +33,8 @@ flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmen
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
 flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
                   "(default: heldout if the config has heldout_indices, else val).")
+flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
+                    "unet_jax.export) with onnxruntime instead of a workdir's checkpoint.")
 
 
 def _config(saved):
@@ -65,10 +68,17 @@ def main(argv):
   del argv
   from unet_jax import checkpoint, datasets, evaluation
 
-  if not FLAGS.workdir:
+  if FLAGS.onnx:
+    from unet_jax import onnx_predict
+    if FLAGS.mode != "predict" or not FLAGS.out:
+      raise UserInputError("--onnx works with --mode predict and needs --out")
+    model, variables = onnx_predict.OnnxUNet(FLAGS.onnx), None
+    config = model.config
+  elif not FLAGS.workdir:
     raise UserInputError("--workdir is required (the training run's directory)")
-  saved, model, variables = checkpoint.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
-  config = _config(saved)
+  else:
+    saved, model, variables = checkpoint.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+    config = _config(saved)
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":

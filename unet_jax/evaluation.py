@@ -355,7 +355,9 @@ def split_pages(array: np.ndarray, channels: int, name: str) -> list[np.ndarray]
                        f"array of shape {a.shape}; expected [H, W], [S, H, W] or [S, H, W, C]")
 
 
-def _input_channels(variables: Any) -> int:
+def _input_channels(variables: Any, model: Any = None) -> int:
+  if hasattr(model, "in_channels"):  # an exported graph (unet_jax.onnx_predict.OnnxUNet)
+    return int(model.in_channels)
   try:
     return int(variables["params"]["down0_conv0"]["kernel"].shape[2])
   except (KeyError, TypeError, AttributeError):
@@ -386,7 +388,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   files = list_inputs(inputs)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  channels = _input_channels(variables)
+  channels = _input_channels(variables, model)
   params = dataclasses.replace(instances.InstanceParams.from_config(config),
                                threshold=threshold)
   jobs = [(f, split_pages(read_pages(f), channels, str(f))) for f in files]

@@ -174,7 +174,10 @@ class UNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"UNet expects input [N, H, W, C], got shape {x.shape}")
     for side in x.shape[1:3]:
-      output_size(side, self.depth)  # raises a clear error for invalid sizes
+      # Symbolic sides (jax.export shape polymorphism, used by unet_jax.export)
+      # are valid by construction; concrete ones get a clear error.
+      if isinstance(side, int):
+        output_size(side, self.depth)
     conv3, upconv, pool, conv1 = self._ops()
     dt = self.dtype
 

@@ -358,8 +358,19 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
     if len(batch) < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
                                               batch.dtype)])
-    outs.append(np.asarray(_probabilities(model, variables, jnp.asarray(batch))))
+    outs.append(_forward(model, variables, batch))
   return np.concatenate(outs)[:n]
+
+
+def _forward(model: Any, variables: Any, batch: np.ndarray) -> np.ndarray:
+  """Probabilities of one batch: the jitted Flax model, or an exported graph.
+
+  An exported graph (``unet_jax.onnx_predict.OnnxUNet``) is a callable on
+  NumPy tiles that runs outside JAX; its ``variables`` are None.
+  """
+  if isinstance(model, nn.Module):
+    return np.asarray(_probabilities(model, variables, jnp.asarray(batch)))
+  return np.asarray(model(batch))
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:

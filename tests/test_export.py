@@ -1,0 +1,182 @@
+"""ONNX export, the bioimage.io package and ONNX prediction (unet_jax.export).
+
+Needs the optional packages of requirements-export.txt; skipped with a reason
+without them. The model is the tiny config's net (depth 2, 4 features) with
+He-normal parameters stored as a "best" checkpoint, so nothing is trained.
+"""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+MISSING = [m for m in ("jax2onnx", "onnx", "onnxruntime", "bioimageio.core")
+           if importlib.util.find_spec(m) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"export packages missing ({', '.join(MISSING)}): "
+    "pip install -r requirements-export.txt")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _make_workdir(workdir: pathlib.Path, config, with_checkpoint: bool = True):
+  import jax
+
+  from unet_jax import checkpoint, train_lib
+
+  with config.unlocked():
+    config.in_channels = 1
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.write_config(workdir, config)
+  if with_checkpoint:
+    model = train_lib.make_model(config)
+    params = train_lib.init_params(model, config, jax.random.PRNGKey(3))
+    checkpoint.save_best(workdir, 6, params, {"v_rand": 0.5, "pixel_error": 0.25, "step": 6})
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  from configs import tiny
+
+  from unet_jax import checkpoint, export
+
+  workdir = _make_workdir(tmp_path_factory.mktemp("run"), tiny.get_config())
+  out = tmp_path_factory.mktemp("export")
+  result = export.export_workdir(workdir, out)
+  _, model, variables = checkpoint.load_for_inference(workdir, "best")
+  return result, model, variables, workdir
+
+
+def _jax_probabilities(model, variables, x):
+  import jax
+  return np.asarray(jax.nn.softmax(model.apply(variables, x, train=False), -1))
+
+
+def test_onnx_matches_jax_at_every_valid_size(exported):
+  """The graph takes any side min + k*step (and any batch) and equals the JAX net."""
+  from unet_jax import export, model as model_lib
+
+  result, model, variables, _ = exported
+  assert result.fixed_tile is None
+  lo, step = export.size_rule(model.depth)
+  assert (lo, step) == (model_lib.valid_input_size(1, 2), 4)
+  rng = np.random.default_rng(0)
+  for batch, h, w in ((1, lo, lo), (2, lo + 3 * step, lo + 7 * step), (1, lo + 10 * step, lo)):
+    x = rng.normal(size=(batch, h, w, 1)).astype(np.float32)
+    got = export.onnx_probabilities(result.onnx_path, x)
+    want = _jax_probabilities(model, variables, x)
+    assert got.shape == (batch, model_lib.output_size(h, 2), model_lib.output_size(w, 2), 2)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert result.max_abs_diff < 1e-4
+
+
+def test_package_contents(exported):
+  import yaml
+
+  from unet_jax import model as model_lib
+
+  result, model, variables, _ = exported
+  pkg = result.package_dir
+  with __import__("zipfile").ZipFile(result.package_path) as zf:
+    names = set(zf.namelist())
+  assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy",
+          result.onnx_path.name} <= names
+  rdf = yaml.safe_load((pkg / "rdf.yaml").read_text())
+  assert rdf["format_version"].startswith("0.5")
+  (inp,), (outp,) = rdf["inputs"], rdf["outputs"]
+  assert [a["type"] for a in inp["axes"]] == ["batch", "space", "space", "channel"]
+  assert inp["axes"][1]["size"] == {"min": model_lib.valid_input_size(1, 2), "step": 4}
+  b = model_lib.border(2)
+  assert outp["axes"][1]["size"]["offset"] == -2 * b
+  assert inp["preprocessing"][0]["id"] == "zero_mean_unit_variance"
+  assert inp["preprocessing"][0]["kwargs"]["axes"] == ["y", "x"]
+  dois = {c["doi"] for c in rdf["cite"]}
+  assert "10.1007/978-3-319-24574-4_28" in dois  # the U-Net paper
+  assert rdf["weights"]["onnx"]["opset_version"] >= 7
+  # The stored test output is the net's output on the normalised test input.
+  from unet_jax.datasets import normalize
+  x = np.load(pkg / "test_input.npy")
+  y = np.load(pkg / "test_output.npy")
+  np.testing.assert_allclose(y, _jax_probabilities(model, variables, normalize(x[0])[None]),
+                             atol=1e-4, rtol=0)
+  doc = (pkg / "README.md").read_text()
+  assert "v_rand = 0.5000" in doc and "Ronneberger" in doc
+
+
+def test_package_passes_bioimageio_model_test(exported):
+  """bioimageio.core's own test: runs the ONNX weights on the test input."""
+  from bioimageio.core import test_model
+
+  result = exported[0]
+  summary = test_model(result.package_path)
+  failed = [d.name for d in summary.details if d.status == "failed"]
+  assert summary.status == "passed", failed
+
+
+def test_onnx_predict_gives_the_jax_masks_on_an_isbi_slice(exported, data_root, tmp_path):
+  """evaluate.py --mode predict --onnx: same probabilities and masks as the JAX model."""
+  import tifffile
+
+  from unet_jax import evaluation, onnx_predict
+
+  _, model, variables, workdir = exported
+  from unet_jax import checkpoint
+  config = checkpoint.read_config(workdir)
+  slice0 = tifffile.imread(data_root / "isbi2012" / "train-volume.tif", key=0)[:150, :130]
+  tifffile.imwrite(tmp_path / "slice.tif", slice0)
+  onnx_model = onnx_predict.OnnxUNet(exported[0].onnx_path)
+  assert onnx_model.in_channels == 1 and onnx_model.depth == 2
+  evaluation.predict_files(model, variables, tmp_path / "slice.tif", tmp_path / "jax", config,
+                           progress=False)
+  evaluation.predict_files(onnx_model, None, tmp_path / "slice.tif", tmp_path / "onnx",
+                           onnx_model.config, progress=False)
+
+  def read(folder, kind):
+    (path,) = sorted((tmp_path / folder).glob(f"*{kind}*.tif"))
+    return tifffile.imread(path)
+
+  p_jax, p_onnx = read("jax", "prob"), read("onnx", "prob")
+  assert p_jax.shape == slice0.shape
+  np.testing.assert_allclose(p_onnx, p_jax, atol=1e-4, rtol=0)
+  decided = np.abs(p_jax - 0.5) > 1e-4  # pixels a float rounding cannot flip
+  np.testing.assert_array_equal(read("onnx", "labels")[decided] > 0,
+                                read("jax", "labels")[decided] > 0)
+
+
+def test_refuses_an_existing_package_and_unwritable_out(exported, tmp_path):
+  from unet_jax import export
+  from unet_jax.errors import UserInputError
+
+  result, _, _, workdir = exported
+  with pytest.raises(UserInputError, match="--overwrite"):
+    export.export_workdir(workdir, result.onnx_path.parent)
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(UserInputError, match="cannot write to --out"):
+    export.export_workdir(workdir, blocker)
+  # --overwrite replaces what is there (checked without exporting again).
+  assert export._check_out(result.onnx_path.parent, result.name, overwrite=True)
+
+
+def test_clear_errors_for_missing_workdir_and_checkpoint(tmp_path, tiny_config):
+  from unet_jax import export
+  from unet_jax.errors import UserInputError
+
+  with pytest.raises(UserInputError, match="does not exist"):
+    export.export_workdir(tmp_path / "nope", tmp_path / "out")
+  empty = _make_workdir(tmp_path / "empty", tiny_config, with_checkpoint=False)
+  with pytest.raises(UserInputError, match="no checkpoint"):
+    export.export_workdir(empty, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line_exit_2(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "unet_jax.export", "--workdir",
+                         str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+                        cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
