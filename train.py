@@ -28,8 +28,7 @@ def main(argv):
   if FLAGS.dry_run:
     from unet_jax import datasets
     data = datasets.load_split(config, "train")
-    with config.unlocked():
-      config.in_channels = int(data.num_channels)
+    config = config_lib.resolve(config, data.num_channels)
     print(config)
     report = train_lib.dry_run(config)
     print(f"parameters:            {report['parameters']:,}")

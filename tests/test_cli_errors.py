@@ -81,7 +81,7 @@ def test_missing_or_empty_data_dir_says_how_to_download(tmp_path, make):
   if make == "empty":
     data.mkdir()
   proc = run_cli(*_isbi_args(data, tmp_path / "w"))
-  assert_clean_error(proc, str(data), "python -m unet_jax.datasets download --dataset isbi2012")
+  assert_clean_error(proc, str(data), "python -m unet_jax.data_tool download --dataset isbi2012")
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
@@ -114,3 +114,15 @@ def test_dry_run_prints_sizes_and_writes_nothing(tmp_path):
                  "estimated peak memory", "one train step"):
     assert needle in out, (needle, out[-2000:])
   assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  proc = run_cli("train.py", "--config", "no/such/file.py", f"--workdir={tmp_path}")
+  assert_clean_error(proc, "no/such/file.py", "not found")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_unparsable_field_value_is_one_line(tmp_path):
+  proc = run_cli(*TINY, "--config.tile_size=abc", f"--workdir={tmp_path}")
+  assert_clean_error(proc, "tile_size", "abc")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -5,7 +5,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from unet_jax import data, datasets, weight_maps
+from unet_jax import datasets, weight_maps
+from unet_jax import input_pipeline as data
 
 
 @pytest.fixture

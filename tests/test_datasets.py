@@ -164,7 +164,7 @@ def test_missing_data_dir_says_how_to_download(tmp_path, monkeypatch):
   monkeypatch.delenv("UNET_JAX_DATA", raising=False)
   with pytest.raises(UserInputError, match="UNET_JAX_DATA.*download --dataset isbi2012"):
     datasets.load_split(_config("isbi2012"), "train")
-  with pytest.raises(UserInputError, match="missing or empty.*download --dataset dic-hela"):
+  with pytest.raises(UserInputError, match="missing or empty.*data_tool download --dataset dic_hela"):
     datasets.load_split(_config("dic_hela", tmp_path / "nope"), "train")
   (tmp_path / "other.txt").write_text("x")
   with pytest.raises(UserInputError, match="train-volume.tif not found"):

@@ -20,6 +20,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _net = functools.lru_cache(maxsize=None)(random_net)
 
 
+@pytest.fixture
+def tiny_config(tiny_config):
+  """The tiny config, resolved as the evaluation code expects (1 input channel)."""
+  from unet_jax import config_lib
+  return config_lib.resolve(tiny_config, 1)
+
+
 def _blobs(rng, size=40, cells=5):
   """Bright separate discs on a dark background: image, labels, instances."""
   yy, xx = np.mgrid[:size, :size]
@@ -123,13 +130,13 @@ def test_safe_name():
 def workdir(tmp_path_factory):
   """A workdir holding the tiny config and a "best" checkpoint of random weights."""
   from configs import tiny
-  from unet_jax import checkpoint
+  from unet_jax import checkpoint, config_lib
   config = tiny.get_config()
   config.in_channels = 1
   model, variables = _net(config.depth, config.features)
   assert (model.depth, model.features) == (config.depth, config.features)
   path = tmp_path_factory.mktemp("run")
-  checkpoint.write_config(path, config)
+  config_lib.save(path, config)
   checkpoint.save_best(path, 1, variables["params"], {"vrand": 0.0})
   return path
 

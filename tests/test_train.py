@@ -13,7 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from unet_jax import checkpoint, train_lib
+from unet_jax import checkpoint, config_lib, inference, train_lib
+from unet_jax import model as model_lib
 from unet_jax.errors import NonFiniteError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _params(workdir, which="latest"):
-  _, _, variables = checkpoint.load_for_inference(workdir, which)
+  _, _, variables = inference.load_for_inference(workdir, which)
   return jax.tree.map(np.asarray, variables["params"])
 
 
@@ -44,8 +45,7 @@ def run_cli(*args, timeout=300, env=None):
 
 
 def test_tiny_training_loss_falls(tiny_config, tmp_path):
-  from unet_jax import data as data_lib
-  from unet_jax import datasets
+  from unet_jax import datasets, input_pipeline
 
   c = tiny_config
   c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 60, 0, 5, 60
@@ -54,11 +54,11 @@ def test_tiny_training_loss_falls(tiny_config, tmp_path):
   losses = [r["loss"] for r in rows if r["split"] == "train"]
   assert len(losses) == 12 and all(np.isfinite(losses))
   # the loss on fixed batches (another seed) falls well below the initial one
-  model = train_lib.make_model(c)
-  init = train_lib.create_train_state(c, model, jax.random.PRNGKey(c.seed))
+  model = model_lib.from_config(c)
+  init = train_lib.create_train_state(config_lib.resolve(c, 1), model, jax.random.PRNGKey(c.seed))
   probe = c.copy_and_resolve_references()
   probe.seed = 123
-  it = data_lib.make_train_iterator(probe, datasets.load_split(probe, "train"))
+  it = input_pipeline.make_train_iterator(probe, datasets.load_split(probe, "train"))
   batches = [next(it) for _ in range(8)]
   eval_step = train_lib.make_eval_step(model)
   loss = lambda params: np.mean([float(eval_step(params, b)["loss"]) for b in batches])  # noqa: E731
@@ -158,7 +158,8 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tiny_config, tmp_path):
   assert score["step"] == best_row["step"] and score["vrand"] == pytest.approx(best_row["vrand"])
   # the best parameters are those of that step's periodic checkpoint
   mgr = checkpoint.train_manager(tmp_path, 5)
-  abstract = train_lib.create_train_state(c, train_lib.make_model(c), jax.random.PRNGKey(0))
+  abstract = train_lib.create_train_state(config_lib.resolve(c, 1), model_lib.from_config(c),
+                                          jax.random.PRNGKey(0))
   at_step = mgr.restore(best_row["step"], args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract))).state
   _assert_trees_equal(_params(tmp_path, "best"), jax.tree.map(np.asarray, at_step.params))
