@@ -22,9 +22,10 @@ _EXPORTS = {
     "make_train_step": "train_lib",
 }
 _SUBMODULES = (
-    "augment", "checkpoint", "cli", "config_lib", "data_tool", "datasets", "download",
-    "errors", "evaluation", "inference", "input_pipeline", "layers", "losses", "metrics",
-    "model", "monitoring", "parallel", "synthetic", "tiling", "train_lib", "weight_maps",
+    "augment", "checkpoint", "cli", "config_lib", "ctc_format", "data_tool", "datasets",
+    "download", "errors", "evaluation", "inference", "input_pipeline", "instances", "layers",
+    "losses", "metrics", "model", "monitoring", "parallel", "synthetic", "tiling", "train_lib",
+    "weight_maps",
 )
 
 __all__ = [*_EXPORTS, "metrics"]
