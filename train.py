@@ -8,7 +8,7 @@ checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_lib
+from unet_jax import cli
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -21,7 +21,7 @@ flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's 
 
 def main(argv):
   del argv
-  from unet_jax import train_lib
+  from unet_jax import config_lib, train_lib  # after flag parsing: bad flags exit fast
 
   config = FLAGS.config
   config_lib.validate(config)

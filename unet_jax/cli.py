@@ -58,12 +58,20 @@ def _check_config_files(argv: Sequence[str], flag_values) -> None:
         _fail(f"--{name} {value}: config file not found")
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's flag parsing with one-line errors (exit 2) instead of usage dumps."""
+def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
+  """absl's flag parsing with one-line errors (exit 2) instead of usage dumps.
+
+  Args:
+    argv: the command line, program name first.
+    flag_values: default ``absl.flags.FLAGS``.
+  Returns:
+    The remaining (non-flag) arguments.
+  """
   from absl import flags
-  _check_config_files(argv, flags.FLAGS)
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  _check_config_files(argv, flag_values)
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except  # every parse error is the user's
     _fail(_config_flag_message(e))
 
@@ -85,4 +93,4 @@ def run(app, main: Callable) -> None:
             file=sys.stderr)
       sys.exit(130)
 
-  app.run(wrapped, flags_parser=_parse_flags)
+  app.run(wrapped, flags_parser=parse_flags)
