@@ -111,9 +111,15 @@ def train_flags():
   return fv
 
 
-def _flag_error(fv, capsys, *args) -> str:
+def _parse(fv, monkeypatch, *args):
+  argv = ["train.py", *args]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads --config.* overrides there
+  return cli.parse_flags(argv, fv)
+
+
+def _flag_error(fv, capsys, monkeypatch, *args) -> str:
   with pytest.raises(SystemExit) as e:
-    cli.parse_flags(["train.py", *args], fv)
+    _parse(fv, monkeypatch, *args)
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -122,29 +128,31 @@ def _flag_error(fv, capsys, *args) -> str:
 
 def test_unknown_config_field(train_flags, capsys, monkeypatch):
   monkeypatch.chdir(REPO)
-  err = _flag_error(train_flags, capsys, "--config", "configs/tiny.py", "--config.tile_sise=60")
+  err = _flag_error(train_flags, capsys, monkeypatch, "--config", "configs/tiny.py",
+                    "--config.tile_sise=60")
   assert "tile_sise" in err and "configs/default.py" in err
 
 
 def test_unparsable_field_value(train_flags, capsys, monkeypatch):
   monkeypatch.chdir(REPO)
-  err = _flag_error(train_flags, capsys, "--config", "configs/tiny.py", "--config.tile_size=abc")
+  err = _flag_error(train_flags, capsys, monkeypatch, "--config", "configs/tiny.py",
+                    "--config.tile_size=abc")
   assert "tile_size" in err and "abc" in err
 
 
 @pytest.mark.parametrize("form", ["separate", "equals", "with_override"])
-def test_missing_config_file(train_flags, capsys, form):
+def test_missing_config_file(train_flags, capsys, monkeypatch, form):
   args = {"separate": ["--config", "no/such/file.py"],
           "equals": ["--config=no/such/file.py"],
           "with_override": ["--config=no/such/file.py", "--config.depth=3"]}[form]
-  err = _flag_error(train_flags, capsys, *args)
+  err = _flag_error(train_flags, capsys, monkeypatch, *args)
   assert "no/such/file.py" in err and "not found" in err
 
 
 def test_good_flags_parse(train_flags, monkeypatch):
   monkeypatch.chdir(REPO)
-  cli.parse_flags(["train.py", "--config", "configs/tiny.py", "--config.depth=3",
-                   "--workdir=w"], train_flags)
+  _parse(train_flags, monkeypatch, "--config", "configs/tiny.py", "--config.depth=3",
+         "--workdir=w")
   assert train_flags.config.depth == 3 and train_flags.workdir == "w"
 
 
