@@ -39,15 +39,12 @@ flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
 
 def _config(saved):
   """The --config (checked against the checkpoint's architecture) or the saved one."""
-  from unet_jax import checkpoint
+  from unet_jax import config_lib
 
   if FLAGS.config is None:
     return saved
-  config = FLAGS.config
-  with config.unlocked():
-    if not config.get("in_channels"):
-      config.in_channels = saved.get("in_channels", 1)
-  checkpoint.check_same_architecture(saved, config, FLAGS.workdir)
+  config = config_lib.resolve(FLAGS.config, FLAGS.config.in_channels or saved.in_channels)
+  config_lib.check_same_architecture(saved, config, FLAGS.workdir)
   return config
 
 
@@ -66,7 +63,7 @@ def _test_volume(config) -> pathlib.Path:
 
 def main(argv):
   del argv
-  from unet_jax import checkpoint, datasets, evaluation
+  from unet_jax import datasets, evaluation, inference
 
   if FLAGS.onnx:
     from unet_jax import onnx_predict
@@ -77,17 +74,17 @@ def main(argv):
   elif not FLAGS.workdir:
     raise UserInputError("--workdir is required (the training run's directory)")
   else:
-    saved, model, variables = checkpoint.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+    saved, model, variables = inference.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
     config = _config(saved)
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
     split = FLAGS.split or ("heldout" if config.heldout_indices else "val")
-    if not config.get(f"{split}_indices"):
+    if not config[f"{split}_indices"]:
       raise UserInputError(f"the config has no {split} split: set --config.{split}_indices "
                             "(e.g. 25-29 for ISBI)")
     data = datasets.load_split(config, split)
-    print(f"scoring the {split} split ({config.get(f'{split}_indices')})"
+    print(f"scoring the {split} split ({config[f'{split}_indices']})"
           + (": these frames chose the checkpoint" if split == "val" else ""))
     scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out, **kwargs)
     print(evaluation.markdown_report(scores, {}, data.dataset, FLAGS.tta))

@@ -8,7 +8,7 @@ checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_lib
+from unet_jax import cli
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -21,15 +21,14 @@ flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's 
 
 def main(argv):
   del argv
-  from unet_jax import train_lib
+  from unet_jax import config_lib, train_lib  # after flag parsing: bad flags exit fast
 
   config = FLAGS.config
   config_lib.validate(config)
   if FLAGS.dry_run:
     from unet_jax import datasets
     data = datasets.load_split(config, "train")
-    with config.unlocked():
-      config.in_channels = int(data.num_channels)
+    config = config_lib.resolve(config, data.num_channels)
     print(config)
     report = train_lib.dry_run(config)
     print(f"parameters:            {report['parameters']:,}")

@@ -3,13 +3,12 @@
     python benchmarks/loader.py --config configs/isbi.py --num_workers 0 2
 
 Prints samples/s for each worker count and writes a markdown table to
-results/loader_benchmark.md, to compare with the train step time (issue 7.5):
+results/loader_benchmark.md, to compare with the train step time (docs/performance.md):
 the step never waits on data when samples/s x step time >= batch size.
 Weight maps are computed (or read from the cache) before timing starts.
 """
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import sys
@@ -18,13 +17,13 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from unet_jax import data as data_lib  # noqa: E402
-from unet_jax import datasets  # noqa: E402
+from unet_jax import config_lib, datasets  # noqa: E402
+from unet_jax import input_pipeline  # noqa: E402
 
 
 def samples_per_second(config, train, num_workers: int, batches: int) -> float:
   config.num_workers = num_workers
-  it = data_lib.make_train_iterator(config, train)
+  it = input_pipeline.make_train_iterator(config, train)
   next(it)  # start-up (worker processes, first batch)
   t0 = time.perf_counter()
   for _ in range(batches):
@@ -42,12 +41,9 @@ def main():
   p.add_argument("--batches", type=int, default=40)
   p.add_argument("--out", default=str(REPO / "results" / "loader_benchmark.md"))
   args = p.parse_args()
-  spec = importlib.util.spec_from_file_location("cfg", args.config)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
+  config = config_lib.load_file(args.config)
   train = datasets.load_split(config, "train")
-  data_lib.weights_for(config, train)  # fill the cache outside the timing
+  input_pipeline.weights_for(config, train)  # fill the cache outside the timing
   rows = []
   for w in args.num_workers:
     rate = samples_per_second(config, train, w, args.batches)

@@ -1,11 +1,12 @@
 """Cell Tracking Challenge DIC-C2DH-HeLa (paper Sec. 4, "IoU 77.5 %").
 
-    python -m unet_jax.datasets download --dataset dic-hela --dest ~/data/unet
+    python -m unet_jax.data_tool download --dataset dic_hela --dest ~/data/unet
     python train.py --config configs/dic_hela.py --config.data_dir ~/data/unet --workdir W
 
 Sequence 01 (84 frames, 512x512): train on frames 0-49, choose the checkpoint
 (and the instance method) on frames 50-59, report frames 60-83 (held out,
-never used to choose anything; docs/cells.md). Labels: cell (mask > 0) vs background; the weight map's
+never used to choose anything; docs/cells.md; the splits of ``datasets.SPECS``).
+Labels: cell (mask > 0) vs background; the weight map's
 border term uses the instance masks, which matters for the touching HeLa cells.
 Masks: silver truth ``01_ST/SEG`` (every frame). With the CTC gold truth,
 ``--config.ctc_truth=gt`` uses only the frames of ``01_GT/SEG`` and the split
@@ -13,6 +14,7 @@ indices then count those frames. Same network and tile as the paper (572).
 """
 
 from configs import default
+from unet_jax import datasets
 
 
 def get_config():
@@ -20,9 +22,10 @@ def get_config():
   c.dataset = "dic_hela"
   c.ctc_sequences = "01"  # comma-separated CTC sequences, frames concatenated
   c.ctc_truth = "st"      # st = 01_ST/SEG silver truth | gt = 01_GT/SEG gold truth
-  c.train_indices = "0-49"
-  c.val_indices = "50-59"
-  c.heldout_indices = "60-83"
+  spec = datasets.SPECS[c.dataset]
+  c.train_indices = spec.train_indices      # 0-49
+  c.val_indices = spec.val_indices          # 50-59
+  c.heldout_indices = spec.heldout_indices  # 60-83
   c.tile_size = 572
   c.batch_size = 1
   c.features = 64

@@ -11,6 +11,7 @@ only show that the pipeline learns; they say nothing about the benchmarks.
 """
 
 from configs import default
+from unet_jax import datasets
 
 
 def get_config():
@@ -20,8 +21,8 @@ def get_config():
   c.synthetic.num_images = 8
   c.synthetic.size = 256
   c.synthetic.cells = 40
-  c.train_indices = "0-5"
-  c.val_indices = "6-7"
+  c.train_indices = datasets.SPECS[c.dataset].train_indices  # 0-5
+  c.val_indices = datasets.SPECS[c.dataset].val_indices  # 6-7
   c.tile_size = 252    # depth 4: 16k + 188; output 68
   c.features = 16
   c.depth = 4

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # script, not library
 
-from unet_jax import checkpoint, datasets, evaluation, instances, metrics  # noqa: E402
+from unet_jax import datasets, evaluation, inference, instances, metrics  # noqa: E402
 from unet_jax.instances import InstanceParams  # noqa: E402
 
 CANDIDATES = {
@@ -58,14 +58,14 @@ def main() -> None:
   p.add_argument("--out", required=True, help="JSON with all rows")
   p.add_argument("--markdown", help="also write the table here")
   args = p.parse_args()
-  config, model, variables = checkpoint.load_for_inference(args.workdir, args.checkpoint)
+  config, model, variables = inference.load_for_inference(args.workdir, args.checkpoint)
   data = datasets.load_split(config, args.split)
   probs = evaluation.predict_images(model, variables, data.images, config, tta=args.tta)
   cell_probs = [q[..., 1] for q in probs]
   rows = {name: score(cell_probs, data, params, args.min_size)
           for name, params in CANDIDATES.items()}
   out = {"workdir": args.workdir, "split": args.split,
-         "indices": config.get(f"{args.split}_indices"), "checkpoint": args.checkpoint,
+         "indices": config[f"{args.split}_indices"], "checkpoint": args.checkpoint,
          "tta": args.tta, "min_size": args.min_size, "rows": rows}
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(out, indent=2))

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # script, not library
 
-from unet_jax import data as data_lib  # noqa: E402
-from unet_jax import datasets, train_lib  # noqa: E402
+from unet_jax import config_lib, datasets, input_pipeline, train_lib  # noqa: E402
+from unet_jax import model as model_lib  # noqa: E402
 
 
 def _set(config, assignment: str) -> None:
@@ -60,11 +60,11 @@ def run_variant(base_config, name: str, overrides: list[str], steps: int, every:
   with config.unlocked():
     for o in overrides:
       _set(config, o)
-    config.in_channels = int(data.num_channels)
-  model = train_lib.make_model(config)
+  config = config_lib.resolve(config, data.num_channels)
+  model = model_lib.from_config(config)
   state = train_lib.create_train_state(config, model, jax.random.PRNGKey(config.seed))
   step_fn = train_lib.make_train_step(model, config)
-  it = data_lib.make_train_iterator(config, data)
+  it = input_pipeline.make_train_iterator(config, data)
   rows, window, t0 = [], [], time.time()
   for step in range(1, steps + 1):
     batch = next(it)

@@ -1,13 +1,39 @@
-"""Shared fixtures: the real data folder and a tiny config."""
+"""Shared fixtures: the real data folder, a tiny config, and one trained tiny run."""
 
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `import configs...` works from any cwd
+
+
+_XLA_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+  """One XLA compilation cache for the session, shared with the CLI subprocesses.
+
+  Many tests train the same tiny net; JAX's persistent cache turns the second
+  and later compilations of the same program into a disk read. It only
+  reuses identical programs, so results are unchanged.
+  """
+  import jax
+  cache = tempfile.mkdtemp(prefix="unet_jax_test_xla_cache_")
+  config.stash[_XLA_CACHE] = cache
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache  # for train.py / evaluate.py subprocesses
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+  if _XLA_CACHE in config.stash:
+    shutil.rmtree(config.stash[_XLA_CACHE], ignore_errors=True)
 
 
 def shared_data_dir() -> pathlib.Path:
@@ -28,3 +54,21 @@ def tiny_config():
   """The real default config, shrunk: depth 2, 4 features, synthetic data."""
   from configs import tiny
   return tiny.get_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+  """A workdir trained once per session on the tiny config: 9 steps, checkpoints
+  at 3, 6, 9 (all kept), validation at the same steps, the best checkpoint.
+
+  Read-only for the tests: copy it before changing anything.
+  """
+  from configs import tiny
+  from unet_jax import train_lib
+  c = tiny.get_config()
+  c.num_steps, c.eval_every, c.checkpoint_every, c.keep_checkpoints = 9, 3, 3, 5
+  c.cache_dir = str(tmp_path_factory.mktemp("tiny_run_cache"))
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  train_lib.train_and_evaluate(c, str(workdir))
+  shutil.rmtree(c.cache_dir)
+  return workdir

@@ -1,25 +1,29 @@
-"""Bad input through the real CLI: exit code 2, one clear message, no traceback."""
+"""Bad input gives one clear message naming the culprit.
+
+The library raises ``UserInputError`` (checked here in-process); ``cli.run``
+turns it into one line on stderr and exit code 2 (checked once end to end).
+Flag parsing errors are checked in-process on a private ``FlagValues``.
+"""
 
 import pathlib
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 import tifffile
+from absl import flags
+from ml_collections import config_flags
 
 from tests import data_helpers
-from tests.test_train import run_cli
+from unet_jax import cli, config_lib, train_lib
+from unet_jax.errors import UserInputError
 
-TINY = ["train.py", "--config", "configs/tiny.py", "--config.eval_every=0"]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def assert_clean_error(proc, *needles):
-  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  err = proc.stderr.strip().splitlines()[-1]
-  assert err.startswith("error: "), proc.stderr[-3000:]
-  for needle in needles:
-    assert needle in err, (needle, err)
-  return err
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+  monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _isbi_folder(tmp_path, **kw):
@@ -28,24 +32,35 @@ def _isbi_folder(tmp_path, **kw):
   return data
 
 
-def _isbi_args(data, workdir):
-  return ["train.py", "--config", "configs/isbi.py", f"--config.data_dir={data}",
-          "--config.tile_size=204", "--config.features=2", "--config.train_indices=0-1",
-          "--config.val_indices=2", f"--workdir={workdir}"]
+def _isbi_config(data):
+  c = config_lib.load_file(REPO / "configs" / "isbi.py")
+  c.data_dir, c.tile_size, c.features = str(data), 204, 2
+  c.train_indices, c.val_indices = "0-1", "2"
+  return c
+
+
+def _train_error(config, workdir, *needles) -> str:
+  with pytest.raises(UserInputError) as e:
+    train_lib.train_and_evaluate(config, str(workdir))
+  message = str(e.value)
+  assert "\n" not in message, message
+  for needle in needles:
+    assert needle in message, (needle, message)
+  return message
 
 
 def test_truncated_tiff_names_the_file(tmp_path):
   data = _isbi_folder(tmp_path)
   f = data / "isbi2012" / "train-labels.tif"
   f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-  assert_clean_error(run_cli(*_isbi_args(data, tmp_path / "w")), str(f), "cannot read")
+  _train_error(_isbi_config(data), tmp_path / "w", str(f), "cannot read")
 
 
 def test_image_label_count_mismatch(tmp_path):
   data = _isbi_folder(tmp_path)
   labels = tifffile.imread(data / "isbi2012" / "train-labels.tif")
   tifffile.imwrite(data / "isbi2012" / "train-labels.tif", labels[:2])
-  assert_clean_error(run_cli(*_isbi_args(data, tmp_path / "w")), "3 images but 2 label images")
+  _train_error(_isbi_config(data), tmp_path / "w", "3 images but 2 label images")
 
 
 def test_label_values_outside_expected(tmp_path):
@@ -53,26 +68,19 @@ def test_label_values_outside_expected(tmp_path):
   labels = tifffile.imread(data / "isbi2012" / "train-labels.tif")
   labels[0, 0, 0] = 7
   tifffile.imwrite(data / "isbi2012" / "train-labels.tif", labels)
-  assert_clean_error(run_cli(*_isbi_args(data, tmp_path / "w")), "must be 0 (membrane) or 255",
-                     "[7]")
+  _train_error(_isbi_config(data), tmp_path / "w", "must be 0 (membrane) or 255", "[7]")
 
 
-def test_invalid_tile_size_names_nearest_valid_sizes(tmp_path):
-  proc = run_cli("train.py", "--config", "configs/synthetic.py", "--config.tile_size=570",
-                 f"--workdir={tmp_path}")
-  assert_clean_error(proc, "tile_size", "556 or 572")
-
-
-def test_too_small_eval_tile(tmp_path):
-  proc = run_cli("train.py", "--config", "configs/synthetic.py", "--config.eval_tile_size=188",
-                 f"--workdir={tmp_path}")
-  assert_clean_error(proc, "eval_tile_size", "204")
-
-
-def test_unknown_config_field(tmp_path):
-  proc = run_cli(*TINY, "--config.tile_sise=60", f"--workdir={tmp_path}")
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert "tile_sise" in proc.stderr and "configs/default.py" in proc.stderr
+@pytest.mark.parametrize("field, value, needles", [
+    ("tile_size", 570, ("tile_size", "556 or 572")),
+    ("eval_tile_size", 188, ("eval_tile_size", "204")),
+])
+def test_invalid_tile_sizes_name_the_valid_ones(field, value, needles):
+  c = config_lib.load_file(REPO / "configs" / "synthetic.py")
+  c[field] = value
+  with pytest.raises(UserInputError) as e:
+    config_lib.validate(c)
+  assert all(n in str(e.value) for n in needles), str(e.value)
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
@@ -80,37 +88,86 @@ def test_missing_or_empty_data_dir_says_how_to_download(tmp_path, make):
   data = tmp_path / "data"
   if make == "empty":
     data.mkdir()
-  proc = run_cli(*_isbi_args(data, tmp_path / "w"))
-  assert_clean_error(proc, str(data), "python -m unet_jax.datasets download --dataset isbi2012")
+  _train_error(_isbi_config(data), tmp_path / "w", str(data),
+               "python -m unet_jax.data_tool download --dataset isbi2012")
 
 
-def test_checkpoint_of_another_architecture(tmp_path):
-  first = run_cli(*TINY, "--config.num_steps=2", f"--workdir={tmp_path}")
-  assert first.returncode == 0, first.stderr[-2000:]
-  proc = run_cli(*TINY, "--config.num_steps=4", "--config.features=8", f"--workdir={tmp_path}")
-  assert_clean_error(proc, "different architecture", "features: 4 (checkpoint) vs 8")
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]  # nothing lost
-
-
-def test_unwritable_workdir(tmp_path):
+def test_unwritable_workdir(tiny_config, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  assert_clean_error(run_cli(*TINY, f"--workdir={blocker / 'run'}"), "not writable")
+  _train_error(tiny_config, blocker / "run", "not writable")
 
 
-def test_non_finite_loss_exit_code_and_message(tmp_path):
-  proc = run_cli(*TINY, "--config.num_steps=30", "--config.learning_rate=1e12",
-                 f"--workdir={tmp_path}")
-  err = assert_clean_error(proc, "non-finite", "learning_rate")
-  assert "step " in err
+# ----------------------------------------------------------------------------- flags
 
 
-def test_dry_run_prints_sizes_and_writes_nothing(tmp_path):
-  proc = run_cli("train.py", "--config", "configs/synthetic.py", "--dry_run",
-                 f"--workdir={tmp_path / 'w'}")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = proc.stdout
-  for needle in ("parameters", "1,940,834", "input tile", "252", "output tile", "68",
-                 "estimated peak memory", "one train step"):
-    assert needle in out, (needle, out[-2000:])
-  assert not (tmp_path / "w").exists()
+@pytest.fixture
+def train_flags():
+  """train.py's flags on a private FlagValues (the global FLAGS stay untouched)."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", "configs/synthetic.py", "", flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  return fv
+
+
+def _parse(fv, monkeypatch, *args):
+  argv = ["train.py", *args]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads --config.* overrides there
+  return cli.parse_flags(argv, fv)
+
+
+def _flag_error(fv, capsys, monkeypatch, *args) -> str:
+  with pytest.raises(SystemExit) as e:
+    _parse(fv, monkeypatch, *args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: "), err
+  return err
+
+
+def test_unknown_config_field(train_flags, capsys, monkeypatch):
+  monkeypatch.chdir(REPO)
+  err = _flag_error(train_flags, capsys, monkeypatch, "--config", "configs/tiny.py",
+                    "--config.tile_sise=60")
+  assert "tile_sise" in err and "configs/default.py" in err
+
+
+def test_unparsable_field_value(train_flags, capsys, monkeypatch):
+  monkeypatch.chdir(REPO)
+  err = _flag_error(train_flags, capsys, monkeypatch, "--config", "configs/tiny.py",
+                    "--config.tile_size=abc")
+  assert "tile_size" in err and "abc" in err
+
+
+@pytest.mark.parametrize("form", ["separate", "equals", "with_override"])
+def test_missing_config_file(train_flags, capsys, monkeypatch, form):
+  args = {"separate": ["--config", "no/such/file.py"],
+          "equals": ["--config=no/such/file.py"],
+          "with_override": ["--config=no/such/file.py", "--config.depth=3"]}[form]
+  err = _flag_error(train_flags, capsys, monkeypatch, *args)
+  assert "no/such/file.py" in err and "not found" in err
+
+
+def test_good_flags_parse(train_flags, monkeypatch):
+  monkeypatch.chdir(REPO)
+  _parse(train_flags, monkeypatch, "--config", "configs/tiny.py", "--config.depth=3",
+         "--workdir=w")
+  assert train_flags.config.depth == 3 and train_flags.workdir == "w"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_cli_user_errors_are_one_line_exit_2(tmp_path):
+  """The real train.py: a missing config file, then a missing data folder."""
+  for args, needle in (
+      (["--config", "no/such/file.py"], "no/such/file.py: config file not found"),
+      (["--config", "configs/isbi.py", f"--config.data_dir={tmp_path / 'nope'}"],
+       "python -m unet_jax.data_tool download --dataset isbi2012")):
+    proc = subprocess.run([sys.executable, "train.py", *args, f"--workdir={tmp_path / 'w'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines

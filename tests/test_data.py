@@ -5,7 +5,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from unet_jax import data, datasets, weight_maps
+from unet_jax import datasets, weight_maps
+from unet_jax import input_pipeline as data
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_weight_map_cache_hit_and_miss(config, train, monkeypatch):
 def test_cached_weights_match_eq2_with_balanced_class_weights(config, train):
   labels = np.stack(train.labels)
   n_k = np.array([(labels == 0).sum(), (labels == 1).sum()])
-  balanced = labels.size / (2 * n_k)  # N / (K n_k), SPEC section 2
+  balanced = labels.size / (2 * n_k)  # N / (K n_k), docs/conventions.md
   np.testing.assert_allclose(data.class_weights_for(config, train), balanced, rtol=1e-6)
   got = data.weights_for(config, train)[1]
   want = weight_maps.weight_map(train.instances[1], balanced, config.w0, config.sigma)

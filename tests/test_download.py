@@ -15,7 +15,7 @@ import tifffile
 
 from configs import default
 from tests import data_helpers
-from unet_jax import datasets, download
+from unet_jax import data_tool, datasets, download
 from unet_jax.errors import UserInputError
 
 
@@ -130,7 +130,7 @@ def _ctc_zip(served: pathlib.Path, tmp_path: pathlib.Path) -> bytes:
 def test_ctc_zip_is_checked_and_unpacked(server, tmp_path):
   served, url = server
   _ctc_zip(served, tmp_path)
-  folder = download.download("phc-u373", tmp_path / "data", url_base=url)  # the real table
+  folder = download.download("PhC-C2DH-U373", tmp_path / "data", url_base=url)  # the real table
   assert (folder / "PhC-C2DH-U373" / "01_ST" / "SEG" / "man_seg002.tif").is_file()
   assert not (folder / "PhC-C2DH-U373.zip").exists()
   c = default.get_config()
@@ -143,7 +143,7 @@ def test_truncated_zip_rejected(server, tmp_path):
   body = _ctc_zip(served, tmp_path)
   (served / "PhC-C2DH-U373.zip").write_bytes(body[: len(body) // 2])
   with pytest.raises(UserInputError, match="PhC-C2DH-U373.zip .* not a valid zip"):
-    download.download("phc-u373", tmp_path / "data", url_base=url)
+    download.download("PhC-C2DH-U373", tmp_path / "data", url_base=url)
   assert not list((tmp_path / "data" / "ctc").iterdir())
 
 
@@ -154,14 +154,14 @@ def _closed_port() -> int:
 
 
 def test_cli_offline_and_corrupted_give_one_line(server, tmp_path, capsys):
-  rc = datasets.main(["download", "--dataset", "isbi2012", "--dest", str(tmp_path),
-                      "--url-base", f"http://127.0.0.1:{_closed_port()}"])
+  rc = data_tool.main(["download", "--dataset", "isbi2012", "--dest", str(tmp_path),
+                       "--url-base", f"http://127.0.0.1:{_closed_port()}"])
   err = capsys.readouterr().err
   assert rc == 2 and err.count("\n") == 1 and "are you offline?" in err
   served, url = server
   data_helpers.write_isbi(served)  # not the real ISBI stacks: hashes cannot match
-  rc = datasets.main(["download", "--dataset", "isbi2012", "--dest", str(tmp_path),
-                      "--url-base", url])
+  rc = data_tool.main(["download", "--dataset", "isbi2012", "--dest", str(tmp_path),
+                       "--url-base", url])
   err = capsys.readouterr().err
   assert rc == 2 and err.startswith("error: downloaded train-volume.tif") and "Traceback" not in err
   assert not (tmp_path / "isbi2012" / "train-volume.tif").exists()

@@ -8,16 +8,25 @@ import subprocess
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 import tifffile
 
 from random_nets import random_net
-from unet_jax import evaluation, metrics
+from unet_jax import evaluation
+from unet_jax.errors import UserInputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _net = functools.lru_cache(maxsize=None)(random_net)
+
+
+@pytest.fixture
+def tiny_config(tiny_config):
+  """The tiny config, resolved as the evaluation code expects (1 input channel)."""
+  from unet_jax import config_lib
+  return config_lib.resolve(tiny_config, 1)
 
 
 def _blobs(rng, size=40, cells=5):
@@ -115,7 +124,7 @@ def test_safe_name():
 
 
 # --------------------------------------------------------------------------
-# evaluate.py end to end, on a workdir written with the checkpoint helpers.
+# A saved run: loading it, and evaluate.py end to end.
 # --------------------------------------------------------------------------
 
 
@@ -123,72 +132,74 @@ def test_safe_name():
 def workdir(tmp_path_factory):
   """A workdir holding the tiny config and a "best" checkpoint of random weights."""
   from configs import tiny
-  from unet_jax import checkpoint
+  from unet_jax import checkpoint, config_lib
   config = tiny.get_config()
   config.in_channels = 1
   model, variables = _net(config.depth, config.features)
   assert (model.depth, model.features) == (config.depth, config.features)
   path = tmp_path_factory.mktemp("run")
-  checkpoint.write_config(path, config)
+  config_lib.save(path, config)
   checkpoint.save_best(path, 1, variables["params"], {"vrand": 0.0})
   return path
 
 
-def _evaluate(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=300)
+def test_load_for_inference_round_trip(workdir):
+  from unet_jax import inference
+  config, model, variables = inference.load_for_inference(workdir, "best")
+  _, saved = _net(config.depth, config.features)
+  assert (model.depth, model.features, config.in_channels) == (2, 4, 1)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  assert config.eval_tile_size >= 44  # resolved: raised to a usable tile
+  with pytest.raises(UserInputError, match="no checkpoint"):
+    inference.load_for_inference(workdir, "latest")  # only a best checkpoint was saved
+  with pytest.raises(UserInputError, match="'best' or 'latest'"):
+    inference.load_for_inference(workdir, "newest")
 
 
-def test_cli_heldout(workdir, tmp_path):
-  run = _evaluate(f"--workdir={workdir}", f"--out={tmp_path}")
-  assert run.returncode == 0, run.stderr
-  assert "vrand" in run.stdout
-  assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 1
-
-
-def test_cli_submission(workdir, tmp_path):
-  volume = tmp_path / "test-volume.tif"
-  tifffile.imwrite(volume, np.random.default_rng(0).integers(0, 255, (2, 40, 40), np.uint8))
-  run = _evaluate(f"--workdir={workdir}", "--mode=submission", f"--input={volume}",
-                  f"--out={tmp_path}", "--checkpoint=best")
-  assert run.returncode == 0, run.stderr
-  stack = tifffile.imread(tmp_path / "submission.tif")
+def test_loaded_model_heldout_submission_and_predict(workdir, tmp_path):
+  """What evaluate.py's three modes call, on the loaded model."""
+  from unet_jax import datasets, inference
+  config, model, variables = inference.load_for_inference(workdir, "best")
+  data = datasets.load_split(config, "val")
+  scores = evaluation.evaluate_split(model, variables, data, config, out_dir=tmp_path / "eval")
+  report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert report["num_images"] == scores["num_images"] == 1 and 0 <= report["vrand"] <= 1
+  volume = np.random.default_rng(0).integers(0, 255, (2, 40, 40), np.uint8)
+  stack = tifffile.imread(evaluation.write_submission(model, variables, volume,
+                                                     tmp_path / "submission.tif", config))
   assert stack.shape == (2, 40, 40) and stack.dtype == np.float32
-
-
-def test_cli_predict_with_tta(workdir, tmp_path):
   image = tmp_path / "cells.tif"
   tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8))
-  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={image}",
-                  f"--out={tmp_path / 'out'}", "--tta", "--tile_size=48")
-  assert run.returncode == 0, run.stderr
+  evaluation.predict_files(model, variables, image, tmp_path / "out", config, tta=True,
+                           tile_size=48, progress=False)
   assert tifffile.imread(tmp_path / "out" / "cells_prob.tif").shape == (37, 45)
   assert (tmp_path / "out" / "cells_overlay.png").is_file()
-
-
-def test_cli_user_errors_exit_2_without_traceback(workdir, tmp_path):
-  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={tmp_path / 'nope.tif'}")
-  assert run.returncode == 2
-  assert "not found" in run.stderr and "Traceback" not in run.stderr
-  image = tmp_path / "cells.tif"
-  tifffile.imwrite(image, np.zeros((20, 20), np.uint8))
-  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={image}", "--tile_size=47")
-  assert run.returncode == 2 and "Traceback" not in run.stderr
-  assert "44 or 48" in run.stderr
+  with pytest.raises(UserInputError, match="not found"):
+    evaluation.predict_files(model, variables, tmp_path / "nope.tif", tmp_path / "o", config)
+  with pytest.raises(UserInputError, match="44 or 48"):
+    evaluation.predict_files(model, variables, image, tmp_path / "o", config, tile_size=47)
 
 
 @pytest.mark.slow
 def test_train_then_evaluate(tmp_path):
-  """The real pipeline: train.py writes the checkpoint, evaluate.py reads it."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  """The real CLIs once end to end: train.py writes a run, evaluate.py scores it,
+  and the scores equal the library's on the same checkpoint."""
+  from unet_jax import datasets, inference
+  env = dict(os.environ, JAX_PLATFORMS="cpu", UNET_JAX_CACHE=str(tmp_path / "cache"))
   train = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.py",
-                          f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
-  assert train.returncode == 0, train.stderr
-  for checkpoint in ("best", "latest"):
-    run = _evaluate(f"--workdir={tmp_path}", f"--checkpoint={checkpoint}")
-    assert run.returncode == 0, run.stderr
-  assert metrics.isbi_scores  # the scores above came from unet_jax.metrics
-
-
+                          f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert train.returncode == 0, train.stderr[-3000:]
+  run = subprocess.run([sys.executable, "evaluate.py", f"--workdir={tmp_path / 'run'}",
+                        f"--out={tmp_path / 'eval'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "| vrand |" in run.stdout
+  report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  config, model, variables = inference.load_for_inference(tmp_path / "run", "best")
+  scores = evaluation.evaluate_split(model, variables, datasets.load_split(config, "val"),
+                                     config)
+  assert report["num_images"] == 1
+  for key in ("vrand", "vinfo", "pixel_error", "warping_error", "best_threshold"):
+    assert report[key] == pytest.approx(scores[key], abs=1e-6), key

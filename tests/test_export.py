@@ -25,15 +25,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _make_workdir(workdir: pathlib.Path, config, with_checkpoint: bool = True):
   import jax
 
-  from unet_jax import checkpoint, train_lib
+  from unet_jax import checkpoint, config_lib
+  from unet_jax import model as model_lib
 
   with config.unlocked():
     config.in_channels = 1
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint.write_config(workdir, config)
+  config_lib.save(workdir, config)
   if with_checkpoint:
-    model = train_lib.make_model(config)
-    params = train_lib.init_params(model, config, jax.random.PRNGKey(3))
+    model = model_lib.from_config(config)
+    params = model_lib.init_params(model, jax.random.PRNGKey(3), 1)
     checkpoint.save_best(workdir, 6, params, {"v_rand": 0.5, "pixel_error": 0.25, "step": 6})
   return workdir
 
@@ -42,12 +43,12 @@ def _make_workdir(workdir: pathlib.Path, config, with_checkpoint: bool = True):
 def exported(tmp_path_factory):
   from configs import tiny
 
-  from unet_jax import checkpoint, export
+  from unet_jax import export, inference
 
   workdir = _make_workdir(tmp_path_factory.mktemp("run"), tiny.get_config())
   out = tmp_path_factory.mktemp("export")
   result = export.export_workdir(workdir, out)
-  _, model, variables = checkpoint.load_for_inference(workdir, "best")
+  _, model, variables = inference.load_for_inference(workdir, "best")
   return result, model, variables, workdir
 
 
@@ -124,8 +125,8 @@ def test_onnx_predict_gives_the_jax_masks_on_an_isbi_slice(exported, data_root, 
   from unet_jax import evaluation, onnx_predict
 
   _, model, variables, workdir = exported
-  from unet_jax import checkpoint
-  config = checkpoint.read_config(workdir)
+  from unet_jax import config_lib
+  config = config_lib.load_saved(workdir)
   slice0 = tifffile.imread(data_root / "isbi2012" / "train-volume.tif", key=0)[:150, :130]
   tifffile.imwrite(tmp_path / "slice.tif", slice0)
   onnx_model = onnx_predict.OnnxUNet(exported[0].onnx_path)

@@ -28,6 +28,20 @@ def test_paper_parameter_count_and_23_convs():
   assert params["classifier"]["kernel"].shape == (1, 1, 64, 2)
 
 
+def test_model_from_the_quick_start_config():
+  """configs/synthetic.py: depth 4, 16 features: 1,940,834 parameters (README)."""
+  from configs import synthetic
+  from unet_jax import model as model_lib
+  c = synthetic.get_config()
+  model = model_lib.from_config(c)
+  assert (model.depth, model.features, model.dropout_rate) == (4, 16, c.dropout_rate)
+  params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.PRNGKey(0), 1))
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 1_940_834
+  c.tile_size = 250
+  with pytest.raises(ValueError, match="252"):
+    model_lib.from_config(c)
+
+
 def test_parameter_count_is_independent_of_input_size_and_grows_with_channels():
   n = lambda p: sum(np.prod(x.shape) for x in jax.tree.leaves(p))  # noqa: E731
   m = UNet(features=8)

@@ -1,7 +1,9 @@
-"""Data parallel step on 2 (forced host) devices equals the single-device step.
+"""Data parallelism on 2 (forced host) devices equals the single-device result.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` must be set before jax is
-imported, so the check runs in a subprocess.
+imported, so the two-device side runs in one subprocess: the bare data-parallel
+step, then ``train_and_evaluate`` on the tiny config (batch 2, resumed once);
+the single-device side runs in the test process.
 """
 
 import os
@@ -9,6 +11,11 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+
+import jax
+import numpy as np
+
+from unet_jax import inference, train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -64,20 +71,48 @@ _SCRIPT = textwrap.dedent("""
       raise AssertionError("expected ValueError for a batch of 3 on 2 devices")
     except ValueError as e:
       assert "multiple of the 2 devices" in str(e)
+
+    # The training loop: 2 steps, resume to 4, on the 2 devices.
+    import sys
+    from configs import tiny
+    from unet_jax import train_lib
+    from unet_jax.errors import UserInputError
+    workdir = sys.argv[1]
+    c = tiny.get_config()
+    c.eval_every, c.batch_size, c.checkpoint_every = 0, 2, 2
+    assert train_lib._data_parallel_mesh(c) is not None
+    for steps in (2, 4):
+      c.num_steps = steps
+      train_lib.train_and_evaluate(c, workdir)
+    c.batch_size = 3
+    try:
+      train_lib.train_and_evaluate(c, workdir + "_odd")
+      raise AssertionError("expected UserInputError for batch 3 on 2 devices")
+    except UserInputError as e:
+      assert "multiple of the 2 devices" in str(e)
     print("PARALLEL_OK")
 """)
 
 
-def test_two_device_step_matches_single_device():
+def test_two_devices_match_one(tiny_config, tmp_path, monkeypatch):
+  """The data-parallel step and a resumed data-parallel training run equal one device."""
+  monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path / "cache"))
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"),
                                        env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "two")], env=env,
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "PARALLEL_OK" in proc.stdout
+  c = tiny_config
+  c.eval_every, c.batch_size, c.checkpoint_every, c.num_steps = 0, 2, 2, 4
+  train_lib.train_and_evaluate(c, str(tmp_path / "one"))
+  two = inference.load_for_inference(tmp_path / "two", "latest")[2]["params"]
+  one = inference.load_for_inference(tmp_path / "one", "latest")[2]["params"]
+  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_make_mesh_single_device():

@@ -2,33 +2,29 @@
 
 Layout of a workdir::
 
-    WORKDIR/config.json        resolved config of the run (JSON)
     WORKDIR/checkpoints/<step>/{state,data_iter}   latest few (train state + grain iterator)
     WORKDIR/best/<step>/{params,score}             best held-out model (params + JSON score)
 
-Only orbax array formats and JSON are written or read: never pickle.
+This module only saves and restores pytrees (plus the grain iterator position
+and a JSON score); what the pytrees hold is the caller's business: the train
+state comes from :mod:`unet_jax.train_lib`, the loading of a trained model for
+prediction is in :mod:`unet_jax.inference`, and ``WORKDIR/config.json`` is
+written by :mod:`unet_jax.config_lib`. Only orbax array formats and JSON are
+written or read: never pickle.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 from typing import Any
 
 import grain
-import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
-
-ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels")
-# Config fields added after runs were committed, with the value that reproduces
-# those runs (so their workdirs still load).
-FIELDS_ADDED_LATER = {"classifier_init_scale": 1.0, "heldout_indices": ""}
 
 
 def _options(keep: int) -> ocp.CheckpointManagerOptions:
@@ -131,90 +127,37 @@ def best_score(workdir: str | pathlib.Path) -> dict | None:
   return out
 
 
-# --------------------------------------------------------------------------
-# Config of a run.
-# --------------------------------------------------------------------------
-
-
-def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  pathlib.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
-
-
-def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir, "config.json")
-  if not path.is_file():
-    raise UserInputError(f"{path} not found: is {workdir} the --workdir of a training run?")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  for field, value in FIELDS_ADDED_LATER.items():  # workdirs of older versions
-    if field not in config:
-      config[field] = value
-  return config
-
-
-def check_same_architecture(old: ml_collections.ConfigDict,
-                            new: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir trained with a different architecture."""
-  diff = [f"{f}: {old.get(f)} (checkpoint) vs {new.get(f)} (config)" for f in ARCH_FIELDS
-          if f in old and f in new and old.get(f) != new.get(f)]
-  if diff:
-    raise UserInputError(
-        f"the checkpoints in {workdir} come from a different architecture ("
-        + "; ".join(diff) + "). Use a new --workdir, or the same architecture fields.")
-
-
-# --------------------------------------------------------------------------
-# Inference.
-# --------------------------------------------------------------------------
-
-
-def _on_default_device(abstract: Any) -> Any:
-  """Shapes/dtypes placed on this process's first device, so that checkpoints
-  written on other devices or topologies (GPUs, data parallel) load here."""
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      abstract)
-
-
-def load_for_inference(workdir: str | pathlib.Path, which: str = "best"):
-  """Loads a trained model for prediction.
+def restore_best_params(workdir: str | pathlib.Path, abstract_params: Any
+                        ) -> tuple[Any, int] | None:
+  """``(params, step)`` of the best checkpoint, or None if there is none.
 
   Args:
     workdir: the training run's workdir.
-    which: "best" (the best held-out checkpoint; falls back to the latest if
-      no held-out evaluation ran) or "latest".
-  Returns:
-    ``(config, model, variables)`` with ``variables = {"params": ...}``.
+    abstract_params: pytree of ShapeDtypeStructs (structure, shapes, dtypes
+      and shardings to restore into).
   """
-  from unet_jax import train_lib  # local import: train_lib imports this module
-
-  workdir = pathlib.Path(workdir)
-  config = read_config(workdir)
-  model = train_lib.make_model(config)
-  abstract = _on_default_device(
-      jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.PRNGKey(0))))
-  if which not in ("best", "latest"):
-    raise UserInputError(f"--checkpoint must be 'best' or 'latest', got {which!r}")
-  if which == "best":
-    mgr = best_manager(workdir)
-    step = mgr.latest_step()
-    if step is not None:
-      params = mgr.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract))).params
-      mgr.close()
-      log.info("loaded the best checkpoint (step %d) of %s", step, workdir)
-      return config, model, {"params": params}
-    mgr.close()
-    log.info("no best checkpoint in %s; using the latest", workdir)
-  mgr = ocp.CheckpointManager(workdir.absolute() / "checkpoints", options=_options(1000),
-                              item_names=("state", "data_iter"))
+  mgr = best_manager(workdir)
   step = mgr.latest_step()
   if step is None:
-    raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
-                         f"(python train.py --config ... --workdir {workdir})")
-  abstract_state = _on_default_device(jax.eval_shape(
-      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0))))
+    mgr.close()
+    return None
+  params = mgr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params))).params
+  mgr.close()
+  return params, step
+
+
+def restore_latest_state(workdir: str | pathlib.Path, abstract_state: Any
+                         ) -> tuple[Any, int] | None:
+  """``(state, step)`` of the newest periodic checkpoint (without the data
+  iterator, read-only), or None if there is none."""
+  mgr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
+                              options=_options(1000), item_names=("state", "data_iter"))
+  step = mgr.latest_step()
+  if step is None:
+    mgr.close()
+    return None
   state = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state))).state
   mgr.close()
-  log.info("loaded the latest checkpoint (step %d) of %s", step, workdir)
-  return config, model, {"params": state.params}
+  return state, step

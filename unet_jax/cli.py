@@ -1,26 +1,79 @@
 """Shared plumbing of the command-line tools: logging and clean error exits.
 
-A user's mistake (bad file, bad field, bad size) or a diverged run ends with
-one message on stderr and exit code 2, never a traceback.
+A user's mistake (bad file, bad field, bad size, a config file that does not
+exist, a field value that does not parse) or a diverged run ends with one
+message on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import sys
-from typing import Callable
+from typing import Callable, NoReturn, Sequence
 
 from unet_jax.errors import NonFiniteError, UserInputError
 
 
-def _config_flag_message(exc: BaseException) -> str | None:
-  """Rephrases ml_collections' errors for unknown/invalid --config fields."""
-  text = str(exc)
+def _fail(message: str) -> NoReturn:
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_flag_message(exc: BaseException) -> str:
+  """One line for an error of flag parsing (unknown/invalid --config fields)."""
+  cause = exc
+  while cause is not None and not isinstance(cause, KeyError):
+    cause = cause.__cause__ or cause.__context__
+  if cause is not None and cause.args:  # a KeyError's str() is the repr of its message
+    exc = cause
+    text = str(cause.args[0]).strip()
+  else:
+    text = str(exc).strip()
   if isinstance(exc, (KeyError, AttributeError)) or "has no attribute" in text \
       or "not found" in text.lower():
-    return (f"unknown or invalid config field: {text.strip()}. "
+    return (f"unknown or invalid config field: {text.rstrip('.')}. "
             "See configs/default.py for the available fields.")
-  return None
+  return text or type(exc).__name__
+
+
+def _check_config_files(argv: Sequence[str], flag_values) -> None:
+  """Exits with one line if a ``--config`` file does not exist.
+
+  ml_collections defers that error to the first use of the config, where it
+  would surface as a traceback.
+  """
+  # config_flags.DEFINE_config_file flags report the type "config object"
+  names = [n for n, f in flag_values._flags().items()  # pylint: disable=protected-access
+           if f.flag_type() == "config object"]
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    for name in names:
+      value = None
+      if arg.startswith(f"--{name}="):
+        value = arg.split("=", 1)[1]
+      elif arg == f"--{name}" and i + 1 < len(args):
+        value = args[i + 1]
+      if value is not None and not pathlib.Path(value.split(":", 1)[0]).is_file():
+        _fail(f"--{name} {value}: config file not found")
+
+
+def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
+  """absl's flag parsing with one-line errors (exit 2) instead of usage dumps.
+
+  Args:
+    argv: the command line, program name first.
+    flag_values: default ``absl.flags.FLAGS``.
+  Returns:
+    The remaining (non-flag) arguments.
+  """
+  from absl import flags
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  _check_config_files(argv, flag_values)
+  try:
+    return flag_values(argv)
+  except Exception as e:  # pylint: disable=broad-except  # every parse error is the user's
+    _fail(_config_flag_message(e))
 
 
 def run(app, main: Callable) -> None:
@@ -40,13 +93,4 @@ def run(app, main: Callable) -> None:
             file=sys.stderr)
       sys.exit(130)
 
-  try:
-    app.run(wrapped)
-  except SystemExit:
-    raise
-  except Exception as e:  # flag parsing happens inside app.run, before `wrapped`
-    msg = _config_flag_message(e)
-    if msg is None:
-      raise
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+  app.run(wrapped, flags_parser=parse_flags)

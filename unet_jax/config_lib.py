@@ -1,6 +1,16 @@
-"""Checks a training config before any work starts, with messages that name the field."""
+"""The training config: checks, derived values, and the copy saved with a run.
+
+Every field and its default is in configs/default.py; the library reads fields
+directly (``config.tile_size``), never with a fallback default. Values that
+depend on the data or on other fields are filled in once by :func:`resolve`,
+and the resolved config is what the rest of the run uses and what
+``WORKDIR/config.json`` holds.
+"""
 
 from __future__ import annotations
+
+import json
+import pathlib
 
 import ml_collections
 
@@ -9,6 +19,16 @@ from unet_jax import tiling
 from unet_jax.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16")
+# Fields that fix the parameter shapes: a checkpoint only loads into the same ones.
+ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels")
+# Config fields added after runs were committed, with the value that reproduces
+# those runs (so their workdirs still load).
+FIELDS_ADDED_LATER = {
+    "classifier_init_scale": 1.0, "heldout_indices": "",
+    # the paper's way: 4-connected components of p(cell) > 0.5
+    "instances": {"method": "components", "threshold": 0.5, "seed_threshold": 0.9,
+                  "seed_radius": 2, "min_size": 0, "fill_gaps": True},
+}
 
 
 def _fail(field: str, value, what: str) -> None:
@@ -24,7 +44,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     model_lib.output_size(c.tile_size, c.depth)
   except ValueError as e:
     _fail("tile_size", c.tile_size, str(e))
-  if c.get("eval_tile_size", 0):
+  if c.eval_tile_size:
     try:
       tiling.check_tile_size(c.eval_tile_size, c.depth)
     except ValueError as e:
@@ -48,8 +68,95 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.lr_schedule not in ("poly", "constant"):
     _fail("lr_schedule", c.lr_schedule, "must be 'poly' or 'constant'")
   for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-    if c.get(field) < 1:
-      _fail(field, c.get(field), "must be >= 1")
+    if c[field] < 1:
+      _fail(field, c[field], "must be >= 1")
   if c.sigma <= 0 or c.w0 < 0:
     _fail("sigma" if c.sigma <= 0 else "w0", c.sigma if c.sigma <= 0 else c.w0,
           "sigma must be > 0 and w0 >= 0")
+
+
+def resolve(config: ml_collections.ConfigDict, num_channels: int | None = None
+            ) -> ml_collections.ConfigDict:
+  """The completed config: a copy with the derived fields filled in.
+
+  * ``in_channels``: ``num_channels`` (the data's channel count) if given,
+    else the config's own value (a saved config of a run has it).
+  * ``eval_tile_size``: 0 means ``tile_size``; raised to the smallest tile
+    usable for seamless inference (:func:`unet_jax.tiling.smallest_usable_tile`),
+    since training tiles may be smaller (188 at depth 4).
+
+  Calling it again on its result changes nothing.
+
+  Raises:
+    UserInputError: if the input channels are unknown (no data, and
+      ``config.in_channels`` is 0).
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+  in_channels = int(num_channels if num_channels is not None else config.in_channels)
+  if in_channels < 1:
+    raise UserInputError("config.in_channels is 0 (= taken from the data) and no data was "
+                         "given: set --config.in_channels")
+  out.in_channels = in_channels
+  out.eval_tile_size = max(int(config.eval_tile_size or config.tile_size),
+                           tiling.smallest_usable_tile(config.depth))
+  if config.is_locked:
+    out.lock()
+  return out
+
+
+def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file such as configs/isbi.py.
+
+  Loaded with ml_collections' config-file flag, exactly as ``--config`` of
+  train.py is (on a private ``FlagValues``, so no global flag changes); the
+  variants' ``from configs import default`` resolves from the current
+  directory, so run from the repository root.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserInputError(f"config file not found: {path}")
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values)
+  try:
+    flag_values(["load_file"])
+    return flag_values.config
+  except ImportError as e:
+    raise UserInputError(f"cannot load {path} ({e}): run from the repository root, where "
+                         "`configs/` is") from None
+
+
+# --------------------------------------------------------------------------
+# The copy saved with a run.
+# --------------------------------------------------------------------------
+
+
+def save(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Writes ``WORKDIR/config.json``."""
+  pathlib.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def load_saved(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a run saved in ``WORKDIR/config.json`` (older runs' missing
+  fields filled with the values that reproduce them)."""
+  path = pathlib.Path(workdir, "config.json")
+  if not path.is_file():
+    raise UserInputError(f"{path} not found: is {workdir} the --workdir of a training run?")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  for field, value in FIELDS_ADDED_LATER.items():  # workdirs of older versions
+    if field not in config:
+      config[field] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  return config
+
+
+def check_same_architecture(old: ml_collections.ConfigDict,
+                            new: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir trained with a different architecture."""
+  diff = [f"{f}: {old[f]} (checkpoint) vs {new[f]} (config)" for f in ARCH_FIELDS
+          if f in old and f in new and old[f] != new[f]]
+  if diff:
+    raise UserInputError(
+        f"the checkpoints in {workdir} come from a different architecture ("
+        + "; ".join(diff) + "). Use a new --workdir, or the same architecture fields.")

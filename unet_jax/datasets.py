@@ -1,4 +1,4 @@
-"""Dataset readers, splits and normalisation; ``preview`` and ``download`` CLIs.
+"""Dataset readers, splits, normalisation and the one table of dataset specs.
 
 ``load_split(config, split)`` returns a :class:`SegmentationData` for
 ``split`` in {"train", "val", "test"}:
@@ -35,6 +35,11 @@ Datasets (``config.dataset``):
   between touching cells); any other non-negative integer mask is an instance
   map (0 = background, k > 0 = cell k). Label 1 = cell, 0 = background.
 
+Every dataset is one :class:`DatasetSpec` in :data:`SPECS` (reader, default
+held-out split, evaluation protocol, primary metric, download source); every
+part of the library looks a dataset up there with :func:`spec`, so a new
+dataset is one more entry.
+
 Splits: ``config.train_indices`` / ``config.val_indices`` such as "0-24",
 "25-29" or "0,3,5-7" (inclusive ranges); "" = all images for "train" and none
 for "val". The data folder is ``config.data_dir``, else ``$UNET_JAX_DATA``.
@@ -50,14 +55,12 @@ image content, which is small for 512x512 images full of cells.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
+import functools
 import os
 import pathlib
 import re
-import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,8 +68,6 @@ from unet_jax import synthetic
 from unet_jax.errors import UserInputError
 from unet_jax.weight_maps import instances_from_binary, separate_touching
 
-DATASETS = ("synthetic", "isbi2012", "dic_hela", "phc_u373", "folder")
-CTC_NAMES = {"dic_hela": "DIC-C2DH-HeLa", "phc_u373": "PhC-C2DH-U373"}
 ISBI_FILES = {"train": ("train-volume.tif", "train-labels.tif"), "test": ("test-volume.tif", None)}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -134,15 +135,14 @@ def parse_indices(spec: str, n: int, *, empty_means_all: bool, field: str = "ind
 
 def download_hint(dataset: str, dest: pathlib.Path | str) -> str:
   """The command that fetches ``dataset`` into ``dest``."""
-  name = {"isbi2012": "isbi2012", "dic_hela": "dic-hela", "phc_u373": "phc-u373"}.get(dataset)
-  if name is None:
+  if dataset not in SPECS or SPECS[dataset].download is None:
     return "put your images under DATA/images and masks under DATA/masks (see unet_jax/datasets.py)"
-  return f"get it with: python -m unet_jax.datasets download --dataset {name} --dest {dest}"
+  return f"get it with: python -m unet_jax.data_tool download --dataset {dataset} --dest {dest}"
 
 
 def data_root(config) -> pathlib.Path:
   """``config.data_dir``, else ``$UNET_JAX_DATA``; must be an existing folder."""
-  raw = str(config.get("data_dir", "") or os.environ.get("UNET_JAX_DATA", ""))
+  raw = str(config.data_dir or os.environ.get("UNET_JAX_DATA", ""))
   if not raw:
     raise UserInputError(
         f"no data folder for dataset {config.dataset!r}: set --config.data_dir=DIR or the "
@@ -264,15 +264,15 @@ def _frame_number(path: pathlib.Path) -> int:
   return int(re.findall(r"\d+", path.stem)[-1])
 
 
-def _read_ctc(config, split: str) -> Raw:
+def _read_ctc(name: str, config, split: str) -> Raw:
+  """Reader of the Cell Tracking Challenge dataset ``name`` (e.g. DIC-C2DH-HeLa)."""
   if split == "test":
     raise UserInputError(f"dataset {config.dataset!r} has no 'test' split (only ISBI 2012 "
                          f"has one); use 'val'")
-  name = CTC_NAMES[config.dataset]
   root = data_root(config)
-  truth = str(config.get("ctc_truth", "st")).upper()
+  truth = str(config.ctc_truth).upper()
   images, masks, names = [], [], []
-  for seq in str(config.get("ctc_sequences", "01")).split(","):
+  for seq in str(config.ctc_sequences).split(","):
     seq = seq.strip()
     folder = _find_dir(root, (f"ctc/{name}", name, "."), seq)
     if folder is None:
@@ -301,9 +301,10 @@ def _read_ctc(config, split: str) -> Raw:
   return images, masks, None, names
 
 
-def _load_ctc_files(images: list[pathlib.Path], masks: list[pathlib.Path]
+def _load_ctc_files(images: list[pathlib.Path], masks: list[pathlib.Path], names: list[str]
                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Reads the selected CTC frames and masks (reading is deferred to after the split)."""
+  del names
   imgs = [read_image_file(p) for p in images]
   insts = [read_image_file(p) for p in masks]
   for m, p in zip(insts, masks):
@@ -346,20 +347,75 @@ def _folder_instances(mask: np.ndarray, name: str) -> np.ndarray:
   return mask.astype(np.int32)
 
 
-READERS = {"synthetic": _read_synthetic, "isbi2012": _read_isbi, "dic_hela": _read_ctc,
-           "phc_u373": _read_ctc, "folder": _read_folder}
+def _load_folder_files(images: list[pathlib.Path], masks: list[pathlib.Path] | None,
+                       names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+  """Reads the selected images and masks of a ``folder`` dataset."""
+  imgs = [read_image_file(p) for p in images]
+  if masks is None:
+    return imgs, None
+  insts = [_folder_instances(read_image_file(p), str(p)) for p in masks]
+  _check_pairs(imgs, insts, names)
+  return imgs, insts
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Everything the library needs to know about one dataset.
+
+  Attributes:
+    name: the ``config.dataset`` value.
+    reader: ``(config, split) -> (images, instances, labels, names)``.
+    read_files: None if the reader returns arrays; else the reader returns
+      file paths and ``read_files(images, instances, names) -> (images,
+      instances)`` reads those of the selected split only.
+    train_indices, val_indices, heldout_indices: the default splits (configs
+      use these; docs/conventions.md): training, validation (picks the
+      checkpoint) and the reported held-out block ("" = none).
+    protocol: "isbi" (label 1 = cell interior, 0 = membrane; scored with the
+      ISBI 2012 metrics over thresholds) or "instance" (cell vs background;
+      scored with the Cell Tracking Challenge SEG of predicted instances).
+    primary_metric: the held-out score that picks the best checkpoint.
+    download: key of :data:`unet_jax.download.SOURCES`, or None.
+  """
+  name: str
+  reader: Callable[..., tuple]
+  read_files: Callable[..., tuple] | None
+  train_indices: str
+  val_indices: str
+  heldout_indices: str
+  protocol: str
+  primary_metric: str
+  download: str | None
+
+
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("synthetic", _read_synthetic, None, "0-5", "6-7", "", "isbi", "vrand", None),
+    DatasetSpec("isbi2012", _read_isbi, None, "0-24", "25-29", "", "isbi", "vrand", "isbi2012"),
+    DatasetSpec("dic_hela", functools.partial(_read_ctc, "DIC-C2DH-HeLa"), _load_ctc_files,
+                "0-49", "50-59", "60-83", "instance", "seg", "DIC-C2DH-HeLa"),
+    DatasetSpec("phc_u373", functools.partial(_read_ctc, "PhC-C2DH-U373"), _load_ctc_files,
+                "", "", "", "instance", "seg", "PhC-C2DH-U373"),
+    DatasetSpec("folder", _read_folder, _load_folder_files, "", "", "", "instance", "seg", None),
+)}
+
+
+def spec(dataset: str) -> DatasetSpec:
+  """The :class:`DatasetSpec` of ``config.dataset``.
+
+  Raises:
+    UserInputError: for an unknown name, listing the known ones.
+  """
+  if dataset not in SPECS:
+    raise UserInputError(f"unknown dataset {dataset!r}; choose one of {', '.join(SPECS)}")
+  return SPECS[dataset]
 
 
 def _materialise(dataset: str, images: list, instances: list | None, labels: list | None,
                  names: list[str]) -> tuple[list[np.ndarray], list | None, list | None]:
   """Reads deferred files (CTC, folder) and derives labels from instances."""
-  if dataset in ("dic_hela", "phc_u373") and images:
-    images, instances = _load_ctc_files(images, instances)
-  elif dataset == "folder" and images:
-    images = [read_image_file(p) for p in images]
-    if instances is not None:
-      instances = [_folder_instances(read_image_file(p), str(p)) for p in instances]
-      _check_pairs(images, instances, names)
+  read_files = spec(dataset).read_files
+  if read_files is not None and images:
+    images, instances = read_files(images, instances, names)
   if instances is not None and labels is None:
     # Touching instances get a background gap (paper Fig. 3); `instances` keep
     # the full masks, the ground truth of the SEG score.
@@ -382,16 +438,15 @@ def load_split(config, split: str) -> SegmentationData:
     UserInputError: unknown dataset or split, missing data, unreadable files,
       mismatched counts/sizes or unexpected label values.
   """
-  if config.dataset not in READERS:
-    raise UserInputError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+  reader = spec(config.dataset).reader
   if split not in ("train", "val", "heldout", "test"):
     raise UserInputError(f"unknown split {split!r}; choose train, val, heldout or test")
-  images, instances, labels, names = READERS[config.dataset](config, split)
+  images, instances, labels, names = reader(config, split)
   if split == "test":
     keep = list(range(len(images)))
   else:
     field = f"{split}_indices"
-    keep = parse_indices(config.get(field, ""), len(images), empty_means_all=split == "train",
+    keep = parse_indices(config[field], len(images), empty_means_all=split == "train",
                          field=field)
   pick = lambda xs: None if xs is None else [xs[i] for i in keep]
   names = pick(names)
@@ -404,100 +459,3 @@ def load_split(config, split: str) -> SegmentationData:
   return SegmentationData(images=images, labels=labels, instances=instances, names=names,
                           num_channels=channels.pop() if channels else 1,
                           dataset=config.dataset)
-
-
-# --------------------------------------------------------------------------
-# CLI: preview and download.
-# --------------------------------------------------------------------------
-
-
-def load_config_file(path: str):
-  """``get_config()`` of a config file such as configs/isbi.py."""
-  path = pathlib.Path(path).resolve()
-  if not path.is_file():
-    raise UserInputError(f"config file not found: {path}")
-  sys.path.insert(0, str(path.parent.parent))  # so `from configs import default` works
-  spec = importlib.util.spec_from_file_location(f"_unet_jax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def preview(config, out_dir: str | pathlib.Path, num_samples: int = 3) -> pathlib.Path:
-  """Writes ``preview.png``: first training image, label, weight map, augmented samples.
-
-  Returns:
-    Path of the PNG.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from unet_jax import augment, data, model  # pylint: disable=g-import-not-at-top
-
-  train = load_split(config, "train")
-  one = dataclasses.replace(train, images=train.images[:1], labels=train.labels[:1],
-                            instances=train.instances[:1], names=train.names[:1])
-  weight = data.weights_for(config, one, class_weights=data.class_weights_for(config, train))[0]
-  tile, out = config.tile_size, model.output_size(config.tile_size, config.depth)
-  params = augment.AugmentParams.from_config(config.augment)
-  rng = np.random.default_rng(config.seed)
-  samples = [augment.augment_sample(rng, one.images[0], one.labels[0], weight, tile, out, params)
-             for _ in range(num_samples)]
-  fig, axes = plt.subplots(2, max(3, num_samples), figsize=(4 * max(3, num_samples), 8),
-                           squeeze=False)
-  b = (tile - out) // 2
-  top = [(one.images[0][..., 0], f"{one.names[0]} (normalised)", "gray"),
-         (one.labels[0], "label (1 = cell)", "gray"),
-         (weight, f"weight map (w0={config.w0}, sigma={config.sigma})", "jet")]
-  for ax, (arr, title, cmap) in zip(axes[0], top):
-    ax.imshow(arr, cmap=cmap)
-    ax.set_title(title)
-  for ax, (img, lab, wgt) in zip(axes[1], samples):
-    ax.imshow(img[..., 0], cmap="gray")
-    ax.imshow(np.pad(lab.astype(float), b, constant_values=np.nan), cmap="autumn", alpha=0.25)
-    ax.add_patch(plt.Rectangle((b - 0.5, b - 0.5), out, out, fill=False, color="yellow"))
-    ax.set_title(f"augmented {tile}x{tile} tile, label on {out}x{out}")
-  for ax in axes.ravel():
-    ax.axis("off")
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  path = out_dir / "preview.png"
-  fig.tight_layout()
-  fig.savefig(path, dpi=60)
-  plt.close(fig)
-  return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m unet_jax.datasets {preview,download} ...``."""
-  from unet_jax import download  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="python -m unet_jax.datasets",
-                                   description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("preview", help="PNG of an image, its label, weight map and augmented samples")
-  p.add_argument("--config", required=True, help="config file, e.g. configs/synthetic.py")
-  p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--data_dir", default=None, help="overrides config.data_dir")
-  d = sub.add_parser("download", help="fetch a dataset from its official source")
-  d.add_argument("--dataset", required=True, choices=sorted(download.SOURCES))
-  d.add_argument("--dest", required=True, help="data folder (then --config.data_dir=DEST)")
-  d.add_argument("--url-base", default=os.environ.get("UNET_JAX_DOWNLOAD_URL"),
-                 help="fetch FILE from URL_BASE/FILE instead of the official URL (a mirror); "
-                      "env UNET_JAX_DOWNLOAD_URL")
-  args = parser.parse_args(argv)
-  try:
-    if args.command == "preview":
-      config = load_config_file(args.config)
-      if args.data_dir is not None:
-        config.data_dir = args.data_dir
-      print(preview(config, args.out))
-    else:
-      print(download.download(args.dataset, args.dest, url_base=args.url_base))
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

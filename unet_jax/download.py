@@ -1,16 +1,19 @@
 """Downloads the paper's datasets into the layout :mod:`unet_jax.datasets` reads.
 
-    python -m unet_jax.datasets download --dataset isbi2012 --dest ~/data/unet
+    python -m unet_jax.data_tool download --dataset isbi2012 --dest ~/data/unet
     python train.py --config configs/isbi.py --config.data_dir ~/data/unet ...
+
+:data:`SOURCES` is keyed by the provider's name of a dataset, which is the
+``download`` field of its entry in :data:`unet_jax.datasets.SPECS`.
 
 Every file is written to ``NAME.part`` first; an interrupted download resumes
 from there (HTTP ``Range``), and only a verified file gets its final name.
 
-| dataset  | source (official, URLs in SOURCES)         | check                          |
-| -------- | ------------------------------------------ | ------------------------------ |
-| isbi2012 | brainiac2.mit.edu/isbi_challenge, 3 TIFFs  | SHA-256 of file or of pixels   |
-| dic-hela | celltrackingchallenge.net DIC-C2DH-HeLa.zip | zip CRCs + members (no SHA-256) |
-| phc-u373 | celltrackingchallenge.net PhC-C2DH-U373.zip | zip CRCs + members (no SHA-256) |
+| source (dataset)          | where (official, URLs in SOURCES)           | check                           |
+| ------------------------- | ------------------------------------------- | ------------------------------- |
+| isbi2012 (isbi2012)       | brainiac2.mit.edu/isbi_challenge, 3 TIFFs   | SHA-256 of file or of pixels    |
+| DIC-C2DH-HeLa (dic_hela)  | celltrackingchallenge.net DIC-C2DH-HeLa.zip | zip CRCs + members (no SHA-256) |
+| PhC-C2DH-U373 (phc_u373)  | celltrackingchallenge.net PhC-C2DH-U373.zip | zip CRCs + members (no SHA-256) |
 
 ISBI: the file SHA-256 values are those of the project's reference copies
 (``shared/data/SHA256SUMS``). Those copies were rewritten by tifffile from
@@ -81,11 +84,11 @@ SOURCES = {
                    "f1bb7381f51b6ce1e301d23b319b9f019e916142f1f69fe943776968cc8fa02d",
                    "9f5682fc42ade46092e7e35addb7582abe96b3dd00fc5854660680fa5ff3664b"),
     )),
-    "dic-hela": Source("ctc", (
+    "DIC-C2DH-HeLa": Source("ctc", (
         RemoteFile("DIC-C2DH-HeLa.zip", _CTC + "DIC-C2DH-HeLa.zip",
                    members=("DIC-C2DH-HeLa/01/t000.tif", "DIC-C2DH-HeLa/01_ST/SEG/man_seg000.tif")),
     )),
-    "phc-u373": Source("ctc", (
+    "PhC-C2DH-U373": Source("ctc", (
         RemoteFile("PhC-C2DH-U373.zip", _CTC + "PhC-C2DH-U373.zip",
                    members=("PhC-C2DH-U373/01/t000.tif", "PhC-C2DH-U373/01_ST/SEG/man_seg000.tif")),
     )),
@@ -204,12 +207,13 @@ def download_file(remote: RemoteFile, folder: pathlib.Path, url_base: str | None
   return final
 
 
-def download(dataset: str, dest: str | pathlib.Path, url_base: str | None = None,
+def download(source: str, dest: str | pathlib.Path, url_base: str | None = None,
              sources: dict[str, Source] | None = None) -> pathlib.Path:
-  """Downloads ``dataset`` into ``dest`` in the layout the readers expect.
+  """Downloads a dataset into ``dest`` in the layout the readers expect.
 
   Args:
-    dataset: a key of ``sources`` (isbi2012, dic-hela, phc-u373).
+    source: a key of ``sources`` (isbi2012, DIC-C2DH-HeLa, PhC-C2DH-U373;
+      ``datasets.spec(name).download``).
     dest: data folder (use it as ``config.data_dir``).
     url_base: optional mirror (``url_base/FILE``).
     sources: the table (default :data:`SOURCES`; tests pass their own).
@@ -217,11 +221,11 @@ def download(dataset: str, dest: str | pathlib.Path, url_base: str | None = None
     The folder holding the dataset (``dest/isbi2012`` or ``dest/ctc``).
   """
   sources = SOURCES if sources is None else sources
-  if dataset not in sources:
-    raise UserInputError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(sources))}")
-  source = sources[dataset]
-  folder = pathlib.Path(dest).expanduser() / source.subdir
-  for remote in source.files:
+  if source not in sources:
+    raise UserInputError(f"unknown download source {source!r}; choose one of "
+                         f"{', '.join(sorted(sources))}")
+  folder = pathlib.Path(dest).expanduser() / sources[source].subdir
+  for remote in sources[source].files:
     if remote.members and all((folder / m).exists() for m in remote.members):
       continue  # already unpacked
     path = download_file(remote, folder, url_base)

@@ -1,13 +1,18 @@
 """Held-out evaluation, the ISBI submission file and prediction on users' images.
 
-The library behind ``evaluate.py`` (and the periodic evaluation of training):
+The library behind ``evaluate.py`` (and the periodic evaluation of training).
+``config`` arguments are resolved configs (:func:`unet_jax.config_lib.resolve`):
+the eval tile size is ``config.eval_tile_size``.
 
-* ``evaluate_split``: scores a ``SegmentationData`` split. ISBI-like data
-  (``isbi2012``, ``synthetic``: label 1 = cell interior, 0 = membrane) get the
-  ISBI 2012 protocol (``metrics.isbi_scores`` on the class-1 probability);
-  instance data (``dic_hela``, ``phc_u373``, ``ctc``, ``folder``) get the Cell
-  Tracking Challenge SEG of the 4-connected components of ``p_cell > 0.5``
-  plus V_rand / V_info of those instances against the reference instances.
+
+* ``evaluate_split``: scores a ``SegmentationData`` split with the protocol of
+  its dataset (``datasets.spec(name).protocol``). "isbi" data (``isbi2012``,
+  ``synthetic``: label 1 = cell interior, 0 = membrane) get the ISBI 2012
+  protocol (``metrics.isbi_scores`` on the class-1 probability); "instance"
+  data (``dic_hela``, ``phc_u373``, ``folder``) get the Cell Tracking
+  Challenge SEG of the 4-connected components of ``p_cell > 0.5`` plus
+  V_rand / V_info of those instances against the reference instances. The
+  metrics are defined in docs/conventions.md.
 * ``write_submission``: the ISBI 2012 challenge file.
 * ``predict_files``: probability maps, instance labels and overlays for any
   TIFF / PNG files.
@@ -28,12 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from unet_jax import ctc_format, instances, metrics, tiling
+from unet_jax import ctc_format, datasets, instances, metrics, tiling
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-ISBI_LIKE = ("isbi2012", "synthetic")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
@@ -42,23 +46,18 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 # --------------------------------------------------------------------------
 
 
-def eval_tile_size(config, depth: int) -> int:
-  """``config.eval_tile_size`` (0 = ``config.tile_size``), raised to a usable tile.
-
-  Training may use tiles too small for seamless inference (output < 2**depth,
-  e.g. 188 at depth 4); evaluation then uses the smallest usable tile.
-  """
-  size = int(config.get("eval_tile_size", 0) or config.tile_size)
-  smallest = tiling.smallest_usable_tile(depth)
-  return max(size, smallest)
-
-
 def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, *,
                    tile_size: int | None = None, tta: bool = False,
                    progress: bool = False) -> list[np.ndarray]:
-  """Class probabilities ``[H, W, K]`` of each normalised image ``[H, W, C]``."""
-  tile = tile_size or eval_tile_size(config, model.depth)
-  batch = int(config.get("eval_batch_size", 4))
+  """Class probabilities ``[H, W, K]`` of each normalised image ``[H, W, C]``.
+
+  ``tile_size`` overrides the config's ``eval_tile_size``.
+  """
+  tile = tile_size or config.eval_tile_size
+  if not tile:
+    raise ValueError("config.eval_tile_size is 0: pass a resolved config "
+                     "(unet_jax.config_lib.resolve)")
+  batch = int(config.eval_batch_size)
   items = images
   if progress:
     from tqdm.auto import tqdm
@@ -101,7 +100,7 @@ def score_predictions(cell_probs: list[np.ndarray], data, config, *,
     protocol; empty for instance data), and per image the predicted mask
     shown in the overlays (cell mask at the best threshold, or instances).
   """
-  if data.dataset in ISBI_LIKE:
+  if datasets.spec(data.dataset).protocol == "isbi":
     result = metrics.isbi_scores(cell_probs, data.labels, warping=warping)
     curves = result.pop("curves")
     masks = [p > result["best_threshold"] for p in cell_probs]
@@ -123,8 +122,8 @@ def evaluate_split(model, variables: Any, data, config, *,
       float32 ``[H, W, C]``, ``labels`` int32 ``[H, W]`` (1 = cell, 0 =
       membrane/background, other = ignore), ``instances``, ``names``,
       ``dataset``).
-    config: uses ``eval_tile_size`` / ``tile_size``, ``eval_batch_size`` and
-      ``instances`` (how cell data become instances; unet_jax/instances.py).
+    config: a resolved config; uses ``eval_tile_size``, ``eval_batch_size``
+      and ``instances`` (how cell data become instances; unet_jax/instances.py).
     out_dir: if given, writes ``metrics.json``, ``metrics.md`` and
       ``overlays/<name>.png`` there.
     tta: average the 8 flips/rotations.
@@ -189,7 +188,7 @@ def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.
       {"dataset": data.dataset, "tta": tta, "names": list(data.names), **scores,
        "curves": curves}, indent=2, allow_nan=True))
   (out / "metrics.md").write_text(markdown_report(scores, curves, data.dataset, tta))
-  instance_data = data.dataset not in ISBI_LIKE
+  instance_data = datasets.spec(data.dataset).protocol == "instance"
   for image, prob, mask, label, name in zip(data.images, cell_probs, masks, data.labels,
                                             data.names):
     save_overlay(out / "overlays" / f"{safe_name(name)}.png", image, prob, mask, label,
@@ -225,9 +224,8 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
     instances: ``mask`` holds instance ids: add a panel with one colour per
       object, so that merged and split cells are seen at a glance.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
   from skimage.segmentation import find_boundaries
 
   grey = np.asarray(image)[..., 0] if np.ndim(image) == 3 else np.asarray(image)
@@ -243,7 +241,9 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
   if label is not None:
     panels += [("ground truth", np.where((label == 0) | (label == 1), label, 0.5), "gray"),
                ("errors: FP red, FN blue", error_map(mask, label), None)]
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+  fig = Figure(figsize=(3.2 * len(panels), 3.4))
+  FigureCanvasAgg(fig)  # an own canvas: no pyplot state, the user's backend untouched
+  axes = fig.subplots(1, len(panels))
   for ax, (title, array, cmap) in zip(np.atleast_1d(axes), panels):
     ax.imshow(array, cmap=cmap, vmin=0 if cmap == "magma" else None,
               vmax=1 if cmap == "magma" else None, interpolation="nearest")
@@ -251,7 +251,6 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 # --------------------------------------------------------------------------
@@ -264,7 +263,7 @@ def write_submission(model, variables: Any, volume: np.ndarray, path: str | path
                      tile_size: int | None = None) -> pathlib.Path:
   """Writes the ISBI 2012 challenge submission: a 32-bit float TIFF stack.
 
-  Convention (SPEC section 6, as the challenge expects): each value is the
+  Convention (as the challenge expects; docs/conventions.md): each value is the
   probability that the pixel is **cell interior** (1 = cell interior, 0 =
   membrane), the class-1 softmax output.
 
@@ -276,13 +275,11 @@ def write_submission(model, variables: Any, volume: np.ndarray, path: str | path
   Returns:
     ``path``; the file holds float32 ``[S, H, W]`` in [0, 1].
   """
-  from unet_jax.datasets import normalize
-
   volume = np.asarray(volume)
   volume = volume[None] if volume.ndim == 2 else volume
   if volume.ndim != 3:
     raise UserInputError(f"submission volume must be [S, H, W], got shape {volume.shape}")
-  probs = predict_images(model, variables, [normalize(s) for s in volume], config,
+  probs = predict_images(model, variables, [datasets.normalize(s) for s in volume], config,
                          tile_size=tile_size, tta=tta, progress=progress)
   stack = np.stack([p[..., 1] for p in probs]).astype(np.float32)
   return _write_tiff(path, stack)
@@ -322,10 +319,8 @@ def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> li
 
 def read_pages(path: pathlib.Path) -> np.ndarray:
   """All pages of a TIFF or (animated) PNG: ``[S, H, W]`` or ``[S, H, W, C]``."""
-  from unet_jax.datasets import read_image_file
-
   if path.suffix.lower() in (".tif", ".tiff"):
-    return read_image_file(path)
+    return datasets.read_image_file(path)
   from PIL import Image, ImageSequence
   try:
     with Image.open(path) as im:
@@ -383,8 +378,6 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   Returns:
     the written files.
   """
-  from unet_jax.datasets import normalize
-
   files = list_inputs(inputs)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -398,7 +391,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     bar = tqdm(total=sum(len(pages) for _, pages in jobs), desc="predict", unit="image")
   written = []
   for path, pages in jobs:
-    images = [normalize(p) for p in pages]
+    images = [datasets.normalize(p) for p in pages]
     probs = []
     for image in images:
       probs.append(predict_images(model, variables, [image], config, tile_size=tile_size,
@@ -413,7 +406,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     for i, (image, prob, lab) in enumerate(zip(images, probs, labels)):
       page = "" if len(pages) == 1 else f"_p{i:03d}"
       overlay = out / f"{path.stem}{page}_overlay.png"
-      save_overlay(overlay, image, prob, lab, instances=config.dataset not in ISBI_LIKE)
+      save_overlay(overlay, image, prob, lab, instances=datasets.spec(config.dataset).protocol == "instance")
       written.append(overlay)
   if bar is not None:
     bar.close()

@@ -482,13 +482,13 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   if not workdir.is_dir():
     raise UserInputError(f"--workdir {workdir} does not exist: pass a training run's directory")
-  from unet_jax import checkpoint, datasets, evaluation
+  from unet_jax import checkpoint, config_lib, datasets, evaluation, inference
   from unet_jax import model as model_lib
 
-  config = checkpoint.read_config(workdir)
+  config = config_lib.load_saved(workdir)
   name = _safe_name(name) if name else default_name(config)
   existing = _check_out(out, name, overwrite)
-  _, model, variables = checkpoint.load_for_inference(workdir, which)
+  _, model, variables = inference.load_for_inference(workdir, which)
   score = checkpoint.best_score(workdir) if which == "best" else None
   in_channels = int(variables["params"]["down0_conv0"]["kernel"].shape[2])
   if fixed_tile is not None:

@@ -54,13 +54,9 @@ class InstanceParams:
 
   @classmethod
   def from_config(cls, config) -> "InstanceParams":
-    """From the ``config.instances`` block (see configs/default.py).
-
-    Workdirs written before the block existed get the paper's way (defaults).
-    """
-    c = config.get("instances")
-    if c is None:
-      return cls()
+    """From the ``config.instances`` block (see configs/default.py; workdirs
+    written before the block existed get it from ``config_lib.load_saved``)."""
+    c = config.instances
     return cls(method=str(c.method), threshold=float(c.threshold),
                seed_threshold=float(c.seed_threshold), seed_radius=int(c.seed_radius),
                min_size=int(c.min_size), fill_gaps=bool(c.fill_gaps))

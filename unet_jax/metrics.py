@@ -1,4 +1,4 @@
-"""Segmentation metrics of SPEC section 6, written from the formulas.
+"""Segmentation metrics, written from their definitions in docs/conventions.md (Metrics).
 
 Label images: ``0`` = background / boundary, ``k > 0`` = segment k. Ground-truth
 pixels with a negative label (or where an ``ignore`` mask is True) are excluded
@@ -118,7 +118,7 @@ def _f_score(precision: float, recall: float) -> float:
 
 
 def rand_counts(o: Overlap) -> tuple[float, float, float]:
-  """(A, B, C) of SPEC section 6: pairs within T, within S, within both.
+  """(A, B, C) of V_rand (docs/conventions.md): pairs within T, within S, within both.
 
   A = sum_j t_j^2, B = sum_{i>0} s_i^2 + sum_j n_0j,
   C = sum_{i>0,j} n_ij^2 + sum_j n_0j (ordered pairs, self pairs included;
@@ -205,7 +205,7 @@ def components(mask: np.ndarray) -> np.ndarray:
 
 
 def thin_boundaries(mask: np.ndarray) -> np.ndarray:
-  """Segments of a cell mask with boundaries thinned to 1-px lines (SPEC section 6).
+  """Segments of a cell mask with boundaries thinned to 1-px lines (docs/conventions.md, V_rand).
 
   A watershed of the background's distance transform (distance of each
   boundary pixel to the nearest cell pixel), seeded by the 4-connected cell
@@ -393,7 +393,7 @@ def _slice_scores(prob: np.ndarray, gt: np.ndarray, thresholds: np.ndarray,
     curves["vinfo"][i] = info_from_overlap(thin)
     curves["rand_f_raw"][i] = rand_f_score(components(binary), truth, ignore)
     curves["pixel_f1"][i] = pixel_f1(binary, cells, ~ignore)
-    if warping and t < 0.95:  # SPEC: min over thresholds 0 .. 0.9
+    if warping and t < 0.95:  # min over thresholds 0 .. 0.9 (docs/conventions.md)
       curves["warping_error"][i] = warping_error(binary, cells, ignore)
   return curves
 

@@ -207,3 +207,30 @@ class UNet(nn.Module):
     logits = ConvKernel(self.num_classes, 1, conv1, dt, init_scale=self.classifier_init_scale,
                         name="classifier")(h)
     return logits.astype(jnp.float32)
+
+
+def from_config(config) -> UNet:
+  """The UNet of a training config (after checking its tile size).
+
+  Args:
+    config: uses ``tile_size``, ``num_classes``, ``features``, ``depth``,
+      ``dropout_rate``, ``dtype`` and ``classifier_init_scale`` (see
+      configs/default.py).
+  Raises:
+    ValueError: if ``config.tile_size`` is not a valid input size.
+  """
+  output_size(config.tile_size, config.depth)  # clear error for bad sizes
+  return UNet(num_classes=config.num_classes, features=config.features, depth=config.depth,
+              dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype),
+              classifier_init_scale=config.classifier_init_scale)
+
+
+def init_params(model: UNet, rng: jax.Array, in_channels: int):
+  """He-normal parameters (paper Sec. 3) for ``in_channels`` input channels.
+
+  Initialises on the smallest valid input (the parameters do not depend on
+  the input size), so this is cheap to trace.
+  """
+  t = valid_input_size(1, model.depth)
+  x = jnp.zeros((1, t, t, int(in_channels)), jnp.float32)
+  return model.init({"params": rng}, x, train=False)["params"]

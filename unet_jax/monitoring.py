@@ -1,5 +1,10 @@
 """What a long run shows: progress bar, metrics.jsonl, TensorBoard, curves.png.
 
+``curves.png`` is redrawn by :meth:`RunMonitor.plot`, which the training loop
+calls at checkpoint and evaluation time (not at every logged step), with
+matplotlib's object-oriented API on its own canvas: no pyplot state, and the
+caller's matplotlib backend is left alone.
+
 ``WORKDIR/metrics.jsonl`` has one JSON object per line:
 ``{"step": 50, "split": "train", "loss": ..., "accuracy": ..., "grad_norm": ...,
 "steps_per_sec": ...}`` every ``log_every`` steps, and
@@ -97,7 +102,6 @@ class RunMonitor:
     if not self.interactive:
       log.info("step %d/%d  loss %.4f  acc %.3f  %.3f steps/s", step, self.bar.total,
                row["loss"], row.get("accuracy", float("nan")), row["steps_per_sec"])
-    self.plot()
     return row
 
   def write_eval(self, step: int, scores: dict) -> None:
@@ -114,13 +118,14 @@ class RunMonitor:
 
   def plot(self) -> None:
     """Writes WORKDIR/curves.png: training loss and the validation metric over steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in self.history if r["split"] == "train"]
     val = [r for r in self.history if r["split"] == "val" and self.primary in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     axes[0].set(title="training loss (pixel-weighted CE)", xlabel="step", ylabel="loss")
     if train and min(r["loss"] for r in train) > 0:
@@ -132,7 +137,6 @@ class RunMonitor:
     fig.tight_layout()
     tmp = self.workdir / "curves.png.tmp"
     fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
     tmp.replace(self.workdir / "curves.png")
 
   def close(self) -> None:

@@ -4,7 +4,7 @@ An image of any size is mirror-padded (numpy ``'reflect'``) by the net's border
 (92 px at depth 4), cut into input tiles whose output tiles cover it, the tiles
 are run batched under one jitted function, and the output tiles are stitched.
 
-Seamlessness (SPEC section 4): a depth-d U-Net with VALID convolutions is
+Seamlessness (docs/conventions.md, tiling grid): a depth-d U-Net with VALID convolutions is
 shift-equivariant only for shifts that are multiples of ``2**d`` (the pooling
 grid). Tiles are therefore placed at output positions ``i * stride`` with
 ``stride`` the largest multiple of ``2**d`` not above the output tile side

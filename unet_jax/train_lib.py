@@ -21,12 +21,17 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import jaxlib
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from unet_jax import checkpoint
 from unet_jax import config_lib
+from unet_jax import datasets
+from unet_jax import evaluation
+from unet_jax import input_pipeline
 from unet_jax import layers
 from unet_jax import parallel
 from unet_jax import model as model_lib
@@ -51,22 +56,6 @@ class TrainState:
 # --------------------------------------------------------------------------
 # Construction.
 # --------------------------------------------------------------------------
-
-
-def make_model(config: ml_collections.ConfigDict) -> model_lib.UNet:
-  """The UNet of a config (after checking its tile size)."""
-  model_lib.output_size(config.tile_size, config.depth)  # clear error for bad sizes
-  return model_lib.UNet(num_classes=config.num_classes, features=config.features,
-                        depth=config.depth, dropout_rate=config.dropout_rate,
-                        dtype=jnp.dtype(config.dtype),
-                        classifier_init_scale=config.classifier_init_scale)
-
-
-def init_params(model: model_lib.UNet, config: ml_collections.ConfigDict, rng: jax.Array):
-  """He-normal parameters for ``config.in_channels`` input channels."""
-  t = model_lib.valid_input_size(1, config.depth)
-  x = jnp.zeros((1, t, t, max(int(config.get("in_channels", 1)), 1)), jnp.float32)
-  return model.init({"params": rng}, x, train=False)["params"]
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -95,9 +84,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(config: ml_collections.ConfigDict, model: model_lib.UNet,
                        rng: jax.Array) -> TrainState:
-  """Fresh state: He-normal params, zero momentum, step 0."""
+  """Fresh state: He-normal params, zero momentum, step 0.
+
+  Args:
+    config: a resolved config (:func:`unet_jax.config_lib.resolve`), for
+      ``in_channels`` and the optimizer.
+  """
+  if config.in_channels < 1:
+    raise ValueError("config.in_channels is 0: resolve the config first "
+                     "(unet_jax.config_lib.resolve(config, num_channels))")
   init_rng, rng = jax.random.split(rng)
-  params = init_params(model, config, init_rng)
+  params = model_lib.init_params(model, init_rng, config.in_channels)
   opt_state = make_optimizer(config).init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
 
@@ -199,8 +196,6 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
 
 def versions() -> dict[str, str]:
   """Versions of the stack and the devices of this run (written to versions.json)."""
-  import jaxlib
-  import orbax.checkpoint as ocp
   return {"python": sys.version.split()[0], "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "optax": optax.__version__, "orbax-checkpoint": ocp.__version__,
@@ -222,10 +217,13 @@ def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
 def dry_run(config: ml_collections.ConfigDict) -> dict:
   """Sizes, parameter count, compiled peak-memory estimate and one step's time.
 
-  Writes nothing. Returns the report (also printed by train.py).
+  Args:
+    config: a resolved config (:func:`unet_jax.config_lib.resolve`).
+  Returns:
+    The report (also printed by train.py). Writes nothing.
   """
   config_lib.validate(config)
-  model = make_model(config)
+  model = model_lib.from_config(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   step = make_train_step(model, config)
   batch = _fake_batch(config)
@@ -266,42 +264,37 @@ def _data_parallel_mesh(config: ml_collections.ConfigDict):
   return parallel.make_mesh()
 
 
-def _primary_metric(config: ml_collections.ConfigDict) -> str:
-  """Held-out score that picks the best checkpoint: SEG for instance (cell) data."""
-  return "vrand" if config.dataset in ("isbi2012", "synthetic") else "seg"
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from ``workdir`` if it holds checkpoints) and evaluates.
 
-  The resume order: (1) read the data and fix ``in_channels``, (2) refuse a
-  workdir of another architecture, (3) build a fresh state and data iterator,
-  (4) overwrite both from the newest readable checkpoint.
+  The resume order: (1) read the data and resolve the config (input channels,
+  eval tile), (2) refuse a workdir of another architecture, (3) build a fresh
+  state and data iterator, (4) overwrite both from the newest readable
+  checkpoint.
 
+  Args:
+    config: the training config (see configs/default.py); not modified.
+    workdir: where checkpoints, logs and curves go.
   Returns:
     The final train state.
   """
-  from unet_jax import data as data_lib
-  from unet_jax import datasets
-
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
-  with config.unlocked():
-    config.in_channels = int(train_data.num_channels)
+  config = config_lib.resolve(config, train_data.num_channels)
   if (workdir / "config.json").is_file():
-    checkpoint.check_same_architecture(checkpoint.read_config(workdir), config, str(workdir))
-  checkpoint.write_config(workdir, config)
+    config_lib.check_same_architecture(config_lib.load_saved(workdir), config, str(workdir))
+  config_lib.save(workdir, config)
   (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
 
-  model = make_model(config)
+  model = model_lib.from_config(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   mesh = _data_parallel_mesh(config)
   if mesh is not None:
     state = parallel.replicate(state, mesh)  # restored checkpoints keep this placement
-  data_iter = data_lib.make_train_iterator(config, train_data)
+  data_iter = input_pipeline.make_train_iterator(config, train_data)
   manager = checkpoint.train_manager(workdir, config.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, state, data_iter)
   start = 0
@@ -315,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   train_step = make_train_step(model, config, mesh)
   schedule = learning_rate_schedule(config)  # for the logs; the optimizer has its own
-  primary = _primary_metric(config)
+  primary = datasets.spec(config.dataset).primary_metric
   monitor = RunMonitor(workdir, config.num_steps, start, primary)
   best = checkpoint.best_score(workdir) if val_data is not None else None
   try:
@@ -332,6 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         checkpoint.save(manager, step, state, data_iter)
         last_ckpt = step
+        monitor.plot()  # curves.png at checkpoint time, off the per-step path
       if val_data is not None and (step % config.eval_every == 0 or step == config.num_steps):
         best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
   finally:
@@ -342,8 +336,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best):
   """Held-out evaluation; keeps the best checkpoint by ``primary``."""
-  from unet_jax import evaluation
-
   scores = evaluation.evaluate_split(model, {"params": state.params}, val_data, config,
                                      progress=False)
   monitor.write_eval(step, scores)

@@ -3,7 +3,7 @@
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
 
 d1, d2 are the distances to the nearest and second-nearest cell instance. The
-exact convention (SPEC section 2): D_k = distance_transform_edt(inst != k) for
+exact convention (docs/conventions.md, Weight map): D_k = distance_transform_edt(inst != k) for
 every instance k > 0; d1, d2 = the two smallest D_k; the border term is added on
 background pixels (inst == 0) only; w_c(x) = class weight of x's class with
 class 0 = background, 1 = foreground (inst > 0).

@@ -39,7 +39,7 @@ from unet_jax.errors import UserInputError
 
 def cache_root(config) -> pathlib.Path:
   """``config.cache_dir``, else ``$UNET_JAX_CACHE``, else ``~/.cache/unet_jax``."""
-  raw = str(config.get("cache_dir", "") or os.environ.get("UNET_JAX_CACHE", "")
+  raw = str(config.cache_dir or os.environ.get("UNET_JAX_CACHE", "")
             or pathlib.Path.home() / ".cache" / "unet_jax")
   return pathlib.Path(raw).expanduser()
 

@@ -1,0 +1,68 @@
+"""Loading a trained model from a training run's workdir, for prediction.
+
+The inference side of a run: ``evaluate.py`` (and users' notebooks) call
+:func:`load_for_inference` and pass the model and its variables to
+:mod:`unet_jax.evaluation` or :func:`unet_jax.tiling.predict_tiled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from unet_jax import checkpoint, config_lib, train_lib
+from unet_jax import model as model_lib
+from unet_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+def _on_default_device(abstract: Any) -> Any:
+  """Shapes/dtypes placed on this process's first device, so that checkpoints
+  written on other devices or topologies (GPUs, data parallel) load here."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      abstract)
+
+
+def load_for_inference(workdir: str | pathlib.Path, which: str = "best"
+                       ) -> tuple[ml_collections.ConfigDict, model_lib.UNet, dict]:
+  """Loads a trained model for prediction.
+
+  Args:
+    workdir: the training run's workdir.
+    which: "best" (the best held-out checkpoint; falls back to the latest if
+      no held-out evaluation ran) or "latest".
+  Returns:
+    ``(config, model, variables)``: the run's resolved config
+    (:func:`unet_jax.config_lib.resolve`), the UNet, and ``{"params": ...}``.
+  Raises:
+    UserInputError: no config.json or no checkpoint in ``workdir``, or a bad
+      ``which``.
+  """
+  if which not in ("best", "latest"):
+    raise UserInputError(f"--checkpoint must be 'best' or 'latest', got {which!r}")
+  workdir = pathlib.Path(workdir)
+  config = config_lib.resolve(config_lib.load_saved(workdir))
+  model = model_lib.from_config(config)
+  rng = jax.random.PRNGKey(0)
+  if which == "best":
+    abstract = _on_default_device(jax.eval_shape(
+        lambda: model_lib.init_params(model, rng, config.in_channels)))
+    restored = checkpoint.restore_best_params(workdir, abstract)
+    if restored is not None:
+      log.info("loaded the best checkpoint (step %d) of %s", restored[1], workdir)
+      return config, model, {"params": restored[0]}
+    log.info("no best checkpoint in %s; using the latest", workdir)
+  abstract_state = _on_default_device(jax.eval_shape(
+      lambda: train_lib.create_train_state(config, model, rng)))
+  restored = checkpoint.restore_latest_state(workdir, abstract_state)
+  if restored is None:
+    raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
+                         f"(python train.py --config ... --workdir {workdir})")
+  log.info("loaded the latest checkpoint (step %d) of %s", restored[1], workdir)
+  return config, model, {"params": restored[0].params}
