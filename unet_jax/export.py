@@ -296,23 +296,23 @@ def test_image(config, tile: int, in_channels: int) -> tuple[np.ndarray, str]:
 
 def _write_cover(path: pathlib.Path, image: np.ndarray, prob: np.ndarray, border: int) -> None:
   """A 2:1 PNG: the test input and its prediction outlines (red) on the image."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
   from skimage.segmentation import find_boundaries
 
   grey = image[border:image.shape[0] - border, border:image.shape[1] - border, 0]
   grey = (grey - grey.min()) / (np.ptp(grey) + 1e-9)
   rgb = np.repeat(grey[..., None], 3, -1)
   rgb[find_boundaries(prob > 0.5, mode="inner")] = (1.0, 0.15, 0.15)
-  fig, axes = plt.subplots(1, 2, figsize=(6, 3), dpi=100)
+  fig = Figure(figsize=(6, 3), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2)
   for ax, (array, title) in zip(axes, ((grey, "input"), (rgb, "U-Net p(cell) > 0.5"))):
     ax.imshow(array, cmap="gray", interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
 
 
 def _score_text(score: dict | None) -> str:
