@@ -11,6 +11,9 @@ import scipy.ndimage as ndi
 
 from unet_jax import metrics
 
+_FOUR = ndi.generate_binary_structure(2, 1)
+_EIGHT = ndi.generate_binary_structure(2, 2)
+
 
 def _random_labels(rng, shape=(6, 7), segs=4, seg_zero=0.25, gt_zero=0.2):
   seg = rng.integers(1, segs + 1, shape)
@@ -178,11 +181,119 @@ def test_warping_error_of_simple_cases():
   assert metrics.warping_error(merged, gt) == pytest.approx(1 / gt.size)
   split = gt.copy()
   split[5, 2:5] = False  # a cut across the first cell
-  # the warp narrows the 3-px cut to its middle pixel, which splits
+  # the warp (raster order for a bool mask) narrows the 3-px cut to its last
+  # pixel, whose removal splits the cell
   assert metrics.warping_error(split, gt) == pytest.approx(1 / gt.size)
   hole = gt.copy()
   hole[5, 8] = False  # a hole: topological, but neither split nor merge
   assert metrics.warping_error(hole, gt) == 0.0
+
+
+def _ring(shape=(12, 12)):
+  """A 1-px thick square ring (one object with one hole)."""
+  ring = np.zeros(shape, bool)
+  ring[2:9, 2:9] = True
+  ring[3:8, 3:8] = False
+  return ring
+
+
+def test_closing_or_opening_a_c_shaped_cell_is_no_error():
+  ring = _ring()
+  c_shape = ring.copy()
+  c_shape[5, 8] = False  # a 1-px gap in the right side
+  for gt, pred in ((c_shape, ring), (ring, c_shape)):
+    warped = metrics.warp_towards(gt, pred)
+    # the gap pixel cannot be flipped (it changes the hole), so it stays ...
+    assert np.array_equal(np.argwhere(warped != pred), [[5, 8]])
+    # ... but it joins (or cuts) one object to itself: a hole change, not a
+    # merge or split, although it touches two pieces inside its 3x3 window.
+    assert metrics.topology_errors(warped, pred) == (0, 0)
+    assert metrics.warping_error(pred, gt) == 0.0
+
+
+def test_true_merge_and_true_split():
+  gt = np.zeros((10, 12), bool)
+  gt[2:8, 1:5] = gt[2:8, 6:11] = True  # two cells, 1-px membrane at column 5
+  merged = gt.copy()
+  merged[4, 5] = True
+  assert metrics.topology_errors(metrics.warp_towards(gt, merged), merged) == (0, 1)
+  assert metrics.warping_error(merged, gt) == pytest.approx(1 / gt.size)
+  cut = gt.copy()
+  cut[2:8, 8] = False  # a 1-px membrane through the second cell
+  # six pixels removed, but only one split remains: the warp keeps a 1-px
+  # bridge and the prediction removes it.
+  assert metrics.topology_errors(metrics.warp_towards(gt, cut), cut) == (1, 0)
+  assert metrics.warping_error(cut, gt) == pytest.approx(1 / gt.size)
+  # the reverse: the truth has three cells, the prediction fills the whole
+  # membrane between two of them. No pixel of it can flip alone without
+  # merging, so all six stay and count (the error counts pixels).
+  assert metrics.topology_errors(metrics.warp_towards(cut, gt), gt) == (0, 6)
+
+
+def test_warp_flips_the_most_confident_pixel_first():
+  gt = np.zeros((8, 12), bool)
+  gt[3:5, 1:11] = True  # a 2-px thick bar
+  prob = gt.astype(np.float64)
+  prob[3, 6], prob[4, 6] = 0.1, 0.4  # both removed at threshold 0.5; (3, 6) surer
+  warped = metrics.warp_towards(gt, prob)
+  # only one of the two can go without splitting the bar: the more confident
+  assert not warped[3, 6] and warped[4, 6]
+  prob[3, 6], prob[4, 6] = 0.4, 0.1
+  warped = metrics.warp_towards(gt, prob)
+  assert warped[3, 6] and not warped[4, 6]
+  assert metrics.warping_error(prob, gt) == pytest.approx(1 / gt.size)  # a split either way
+
+
+def _components_count(mask):
+  """(4-connected objects, 8-connected background components) with a background frame."""
+  padded = np.pad(mask, 1)
+  return ndi.label(padded, _FOUR)[1], ndi.label(~padded, _EIGHT)[1]
+
+
+def _brute_warp(gt, prob, threshold):
+  """Jain et al. (2010), Algorithm 1, literally: flip the most confident simple
+  disagreeing pixel, where simple = flipping it keeps the numbers of objects and
+  of background components of the whole image; repeat until none is left."""
+  warped = gt.copy()
+  goal = prob > threshold
+  while True:
+    best = None
+    counts = _components_count(warped)
+    for p in map(tuple, np.argwhere(warped != goal)):
+      warped[p] = ~warped[p]
+      if _components_count(warped) == counts:
+        key = (-abs(prob[p] - threshold), p)
+        best = key if best is None or key < best else best
+      warped[p] = ~warped[p]
+    if best is None:
+      return warped
+    warped[best[1]] = goal[best[1]]
+
+
+def _brute_topology_errors(warped, pred):
+  """Flips each remaining disagreement alone and counts objects before and after."""
+  splits = merges = 0
+  objects = _components_count(warped)[0]
+  for p in map(tuple, np.argwhere(warped != pred)):
+    flipped = warped.copy()
+    flipped[p] = pred[p]
+    after = _components_count(flipped)[0]
+    merges += pred[p] and after < objects
+    splits += (not pred[p]) and after > objects
+  return splits, merges
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warping_matches_brute_force_algorithm(seed):
+  rng = np.random.default_rng(seed)
+  gt = ndi.gaussian_filter(rng.normal(size=(16, 16)), 1.2) > 0
+  prob = np.clip(0.5 + 2.0 * ndi.gaussian_filter(rng.normal(size=(16, 16)), 1.0), 0, 1)
+  threshold = (0.3, 0.5, 0.7)[seed % 3]
+  warped = metrics.warp_towards(gt, prob, threshold)
+  np.testing.assert_array_equal(warped, _brute_warp(gt, prob, threshold))
+  assert _components_count(warped) == _components_count(gt)  # topology kept
+  pred = prob > threshold
+  assert metrics.topology_errors(warped, pred) == _brute_topology_errors(warped, pred)
 
 
 def test_simple_point_tables():
