@@ -155,6 +155,30 @@ def test_cli_submission(workdir, tmp_path):
   assert run.returncode == 0, run.stderr
   stack = tifffile.imread(tmp_path / "submission.tif")
   assert stack.shape == (2, 40, 40) and stack.dtype == np.float32
+  import hashlib
+  digest = hashlib.sha256((tmp_path / "submission.tif").read_bytes()).hexdigest()
+  assert f"sha256 {digest}" in run.stdout
+  assert (tmp_path / "submission_preview.png").stat().st_size > 0
+
+
+def test_describe_submission(tmp_path):
+  from PIL import Image
+  from unet_jax import submission
+  from unet_jax.errors import UserInputError
+  rng = np.random.default_rng(0)
+  stack = rng.random((30, 64, 64)).astype(np.float32)
+  path = tmp_path / "sub.tif"
+  tifffile.imwrite(path, stack)
+  volume = rng.integers(0, 255, (30, 64, 64), np.uint8)
+  info = submission.describe_submission(path, volume)
+  assert info["shape"] == [30, 64, 64] and info["mean"] == pytest.approx(stack.mean())
+  import hashlib
+  assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+  with Image.open(info["preview"]) as im:
+    assert im.width > im.height  # three slices side by side, two rows
+  tifffile.imwrite(path, (stack * 255).astype(np.uint8))
+  with pytest.raises(UserInputError, match="float32"):
+    submission.describe_submission(path)
 
 
 def test_cli_predict_with_tta(workdir, tmp_path):

@@ -25,10 +25,10 @@ from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels")
+ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels", "padding")
 # Config fields added after runs were committed, with the value that reproduces
 # those runs (so their workdirs still load).
-FIELDS_ADDED_LATER = {"classifier_init_scale": 1.0, "heldout_indices": ""}
+FIELDS_ADDED_LATER = {"classifier_init_scale": 1.0, "heldout_indices": "", "padding": "valid"}
 
 
 def _options(keep: int) -> ocp.CheckpointManagerOptions:

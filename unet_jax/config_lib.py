@@ -20,13 +20,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c = config
   if c.depth < 1:
     _fail("depth", c.depth, "must be >= 1 (the paper uses 4)")
+  padding = c.get("padding", "valid")
+  if padding not in model_lib.PADDINGS:
+    _fail("padding", padding, f"must be one of {model_lib.PADDINGS} (the paper: valid)")
   try:
-    model_lib.output_size(c.tile_size, c.depth)
+    model_lib.tile_output_size(c.tile_size, c.depth, padding)
   except ValueError as e:
     _fail("tile_size", c.tile_size, str(e))
   if c.get("eval_tile_size", 0):
     try:
-      tiling.check_tile_size(c.eval_tile_size, c.depth)
+      tiling.check_tile_size(c.eval_tile_size, c.depth, padding)
     except ValueError as e:
       _fail("eval_tile_size", c.eval_tile_size, str(e))
   if c.dtype not in DTYPES:

@@ -438,7 +438,8 @@ def preview(config, out_dir: str | pathlib.Path, num_samples: int = 3) -> pathli
   one = dataclasses.replace(train, images=train.images[:1], labels=train.labels[:1],
                             instances=train.instances[:1], names=train.names[:1])
   weight = data.weights_for(config, one, class_weights=data.class_weights_for(config, train))[0]
-  tile, out = config.tile_size, model.output_size(config.tile_size, config.depth)
+  tile = config.tile_size
+  out = model.tile_output_size(tile, config.depth, config.get("padding", "valid"))
   params = augment.AugmentParams.from_config(config.augment)
   rng = np.random.default_rng(config.seed)
   samples = [augment.augment_sample(rng, one.images[0], one.labels[0], weight, tile, out, params)

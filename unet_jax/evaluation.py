@@ -46,9 +46,12 @@ def eval_tile_size(config, depth: int) -> int:
   """``config.eval_tile_size`` (0 = ``config.tile_size``), raised to a usable tile.
 
   Training may use tiles too small for seamless inference (output < 2**depth,
-  e.g. 188 at depth 4); evaluation then uses the smallest usable tile.
+  e.g. 188 at depth 4); evaluation then uses the smallest usable tile. A
+  SAME-padded net (``config.padding = "same"``) uses the size as it is.
   """
   size = int(config.get("eval_tile_size", 0) or config.tile_size)
+  if config.get("padding", "valid") == "same":
+    return size
   smallest = tiling.smallest_usable_tile(depth)
   return max(size, smallest)
 

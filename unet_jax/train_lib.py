@@ -55,16 +55,18 @@ class TrainState:
 
 def make_model(config: ml_collections.ConfigDict) -> model_lib.UNet:
   """The UNet of a config (after checking its tile size)."""
-  model_lib.output_size(config.tile_size, config.depth)  # clear error for bad sizes
+  padding = config.get("padding", "valid")  # configs saved before the option: VALID
+  model_lib.tile_output_size(config.tile_size, config.depth, padding)  # clear error
   return model_lib.UNet(num_classes=config.num_classes, features=config.features,
                         depth=config.depth, dropout_rate=config.dropout_rate,
                         dtype=jnp.dtype(config.dtype),
-                        classifier_init_scale=config.classifier_init_scale)
+                        classifier_init_scale=config.classifier_init_scale,
+                        padding=padding)
 
 
 def init_params(model: model_lib.UNet, config: ml_collections.ConfigDict, rng: jax.Array):
   """He-normal parameters for ``config.in_channels`` input channels."""
-  t = model_lib.valid_input_size(1, config.depth)
+  t = model_lib.smallest_input_size(config.depth, model.padding)
   x = jnp.zeros((1, t, t, max(int(config.get("in_channels", 1)), 1)), jnp.float32)
   return model.init({"params": rng}, x, train=False)["params"]
 
@@ -213,7 +215,8 @@ def param_count(params) -> int:
 
 
 def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
-  t, o = config.tile_size, model_lib.output_size(config.tile_size, config.depth)
+  t = config.tile_size
+  o = model_lib.tile_output_size(t, config.depth, config.get("padding", "valid"))
   b = config.batch_size
   return {"image": np.zeros((b, t, t, config.in_channels), np.float32),
           "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
@@ -243,7 +246,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   seconds = time.perf_counter() - t0
   return {"parameters": param_count(state.params),
           "input_tile": config.tile_size,
-          "output_tile": model_lib.output_size(config.tile_size, config.depth),
+          "output_tile": model_lib.tile_output_size(config.tile_size, config.depth,
+                                                    model.padding),
           "batch_size": config.batch_size,
           "estimated_peak_memory_bytes": peak,
           "step_seconds": seconds,
