@@ -14,10 +14,10 @@ def _row(name):
 
 def test_row_configs_change_one_ingredient(tiny_config):
   base = tiny_config
-  kwargs = dict(train_indices="0-1", val_indices="2", select="best")
+  kwargs = dict(train_indices="0-1", val_indices="2", heldout_indices="3", select="best")
   paper = ablations.row_config(base, _row("paper"), 3, 7, **kwargs)
-  assert (paper.seed, paper.num_steps, paper.train_indices, paper.val_indices) == (
-      3, 7, "0-1", "2")
+  assert (paper.seed, paper.num_steps, paper.train_indices, paper.val_indices,
+          paper.heldout_indices) == (3, 7, "0-1", "2", "3")
   assert paper.padding == "valid" and paper.w0 == base.w0
   assert ablations.row_config(base, _row("w0_0"), 0, 7, **kwargs).w0 == 0.0
   assert ablations.row_config(base, _row("no_class_balance"), 0, 7,
@@ -30,7 +30,7 @@ def test_row_configs_change_one_ingredient(tiny_config):
   base.tile_size = 62
   assert ablations.row_config(base, _row("same_padding"), 0, 7, **kwargs).tile_size == 64
   last = ablations.row_config(base, _row("paper"), 0, 7, train_indices="0-1", val_indices="2",
-                              select="last")
+                              heldout_indices="3", select="last")
   assert last.val_indices == "" and last.eval_every == 0
   assert base.padding == "valid" and base.seed == 0  # the base is not modified
 

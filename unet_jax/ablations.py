@@ -77,7 +77,8 @@ ROW_NAMES = tuple(r.name for r in ROWS)
 
 
 def row_config(base: ml_collections.ConfigDict, row: Row, seed: int, num_steps: int, *,
-               train_indices: str, val_indices: str, select: str) -> ml_collections.ConfigDict:
+               train_indices: str, val_indices: str, heldout_indices: str,
+               select: str) -> ml_collections.ConfigDict:
   """The training config of one run: ``base`` + the row's overrides + protocol fields.
 
   Args:
@@ -86,6 +87,7 @@ def row_config(base: ml_collections.ConfigDict, row: Row, seed: int, num_steps: 
     seed: ``config.seed``.
     num_steps: the budget, same for every row.
     train_indices, val_indices: training and checkpoint-selection splits.
+    heldout_indices: the reported split (``config.heldout_indices``).
     select: "best" (best validation V_rand) or "last" (no validation).
   """
   c = copy.deepcopy(base)
@@ -101,6 +103,7 @@ def row_config(base: ml_collections.ConfigDict, row: Row, seed: int, num_steps: 
     c.seed = int(seed)
     c.num_steps = int(num_steps)
     c.train_indices = train_indices
+    c.heldout_indices = heldout_indices
     if select == "last":
       c.val_indices, c.eval_every = "", 0
     else:
@@ -114,9 +117,9 @@ def _read_json(path: pathlib.Path) -> dict | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, heldout_indices: str,
-            select: str, train_fn: Callable | None = None) -> dict:
-  """Trains (or resumes) one run and scores it on the held-out split.
+def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select: str,
+            train_fn: Callable | None = None) -> dict:
+  """Trains (or resumes) one run and scores it on its ``heldout_indices``.
 
   Returns:
     ``{"train_seconds", "step", "no_tta": scores, "tta": scores}``; also
@@ -138,14 +141,11 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, heldout
 
   saved, model, variables = checkpoint.load_for_inference(
       workdir, "best" if select == "best" else "latest")
-  heldout_config = copy.deepcopy(saved)
-  with heldout_config.unlocked():
-    heldout_config.val_indices = heldout_indices
-  data = datasets.load_split(heldout_config, "val")
+  data = datasets.load_split(saved, "heldout")
   result = {"train_seconds": seconds, "select": select,
             "best": checkpoint.best_score(workdir) if select == "best" else None}
   for key, tta in (("no_tta", False), ("tta", True)):
-    result[key] = evaluation.evaluate_split(model, variables, data, heldout_config,
+    result[key] = evaluation.evaluate_split(model, variables, data, saved,
                                             out_dir=workdir / f"heldout_{key}", tta=tta)
   (workdir / "heldout.json").write_text(json.dumps(result, indent=2, allow_nan=True))
   return result
@@ -173,10 +173,11 @@ def run_ablations(base: ml_collections.ConfigDict, root: str | pathlib.Path, *,
   for row in (r for r in ROWS if r.name in rows):
     for seed in seeds:
       config = row_config(base, row, seed, num_steps, train_indices=train_indices,
-                          val_indices=val_indices, select=select)
+                          val_indices=val_indices, heldout_indices=heldout_indices,
+                          select=select)
       log.info("ablation %s, seed %d, %d steps", row.name, seed, num_steps)
-      result = run_one(config, root / row.name / f"seed{seed}",
-                       heldout_indices=heldout_indices, select=select, train_fn=train_fn)
+      result = run_one(config, root / row.name / f"seed{seed}", select=select,
+                       train_fn=train_fn)
       results.setdefault(row.name, []).append({"seed": int(seed), **result})
   (root / "ablations.json").write_text(json.dumps(results, indent=2, allow_nan=True))
   return results

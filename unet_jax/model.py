@@ -187,6 +187,8 @@ class UNet(nn.Module):
       through the four max-poolings and the logits start with std ~10, so the
       first steps only shrink them; 0 starts from p = 1/K everywhere
       (docs/cells.md). Only the initial values change, not the parameters.
+    padding: "valid" (the paper, default) or "same" (zero-padded 3x3
+      convolutions, output size = input size; for ablations). Same parameters.
   """
   num_classes: int = 2
   features: int = 64
