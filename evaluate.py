@@ -90,10 +90,15 @@ def main(argv):
     print(evaluation.markdown_report(scores, {}, data.dataset, FLAGS.tta))
     print(f"report: {out / 'metrics.md'}, overlays: {out / 'overlays'}")
   elif FLAGS.mode == "submission":
+    from unet_jax import submission
+
     volume = datasets.read_image_file(_test_volume(config))
     path = evaluation.write_submission(model, variables, volume, out / "submission.tif",
                                        config, **kwargs)
-    print(f"wrote {path} (float32 [S, H, W], cell-interior probability)")
+    info = submission.describe_submission(path, volume)
+    print(f"wrote {path} (float32 {info['shape']}, cell-interior probability, "
+          f"{info['bytes']} bytes), preview {info['preview']}")
+    print(f"sha256 {info['sha256']}")
   else:
     if not FLAGS.input:
       raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")

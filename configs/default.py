@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"           # float32 | bfloat16 (fp32 params and loss)
   c.in_channels = 0             # input channels; 0 = taken from the data
   c.classifier_init_scale = 1.0  # init std of the final 1x1 conv x this (docs/cells.md)
+  c.padding = "valid"           # valid (paper: unpadded convs, overlap-tile) | same (ablation)
 
   # --- loss (paper Eq. 1-2) ----------------------------------------------------
   c.w0 = 10.0                   # border weight

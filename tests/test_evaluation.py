@@ -203,3 +203,23 @@ def test_train_then_evaluate(tmp_path):
   assert report["num_images"] == 1
   for key in ("vrand", "vinfo", "pixel_error", "warping_error", "best_threshold"):
     assert report[key] == pytest.approx(scores[key], abs=1e-6), key
+
+
+def test_describe_submission(tmp_path):
+  from PIL import Image
+  from unet_jax import submission
+  from unet_jax.errors import UserInputError
+  rng = np.random.default_rng(0)
+  stack = rng.random((30, 64, 64)).astype(np.float32)
+  path = tmp_path / "sub.tif"
+  tifffile.imwrite(path, stack)
+  volume = rng.integers(0, 255, (30, 64, 64), np.uint8)
+  info = submission.describe_submission(path, volume)
+  assert info["shape"] == [30, 64, 64] and info["mean"] == pytest.approx(stack.mean())
+  import hashlib
+  assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+  with Image.open(info["preview"]) as im:
+    assert im.width > im.height  # three slices side by side, two rows
+  tifffile.imwrite(path, (stack * 255).astype(np.uint8))
+  with pytest.raises(UserInputError, match="float32"):
+    submission.describe_submission(path)

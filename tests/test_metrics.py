@@ -10,6 +10,9 @@ import scipy.ndimage as ndi
 
 from unet_jax import metrics
 
+_FOUR = ndi.generate_binary_structure(2, 1)
+_EIGHT = ndi.generate_binary_structure(2, 2)
+
 
 def _random_labels(rng, shape=(6, 7), segs=4, seg_zero=0.25, gt_zero=0.2):
   seg = rng.integers(1, segs + 1, shape)
@@ -177,11 +180,119 @@ def test_warping_error_of_simple_cases():
   assert metrics.warping_error(merged, gt) == pytest.approx(1 / gt.size)
   split = gt.copy()
   split[5, 2:5] = False  # a cut across the first cell
-  # the warp narrows the 3-px cut to its middle pixel, which splits
+  # the warp (raster order for a bool mask) narrows the 3-px cut to its last
+  # pixel, whose removal splits the cell
   assert metrics.warping_error(split, gt) == pytest.approx(1 / gt.size)
   hole = gt.copy()
   hole[5, 8] = False  # a hole: topological, but neither split nor merge
   assert metrics.warping_error(hole, gt) == 0.0
+
+
+def _ring(shape=(12, 12)):
+  """A 1-px thick square ring (one object with one hole)."""
+  ring = np.zeros(shape, bool)
+  ring[2:9, 2:9] = True
+  ring[3:8, 3:8] = False
+  return ring
+
+
+def test_closing_or_opening_a_c_shaped_cell_is_no_error():
+  ring = _ring()
+  c_shape = ring.copy()
+  c_shape[5, 8] = False  # a 1-px gap in the right side
+  for gt, pred in ((c_shape, ring), (ring, c_shape)):
+    warped = metrics.warp_towards(gt, pred)
+    # the gap pixel cannot be flipped (it changes the hole), so it stays ...
+    assert np.array_equal(np.argwhere(warped != pred), [[5, 8]])
+    # ... but it joins (or cuts) one object to itself: a hole change, not a
+    # merge or split, although it touches two pieces inside its 3x3 window.
+    assert metrics.topology_errors(warped, pred) == (0, 0)
+    assert metrics.warping_error(pred, gt) == 0.0
+
+
+def test_true_merge_and_true_split():
+  gt = np.zeros((10, 12), bool)
+  gt[2:8, 1:5] = gt[2:8, 6:11] = True  # two cells, 1-px membrane at column 5
+  merged = gt.copy()
+  merged[4, 5] = True
+  assert metrics.topology_errors(metrics.warp_towards(gt, merged), merged) == (0, 1)
+  assert metrics.warping_error(merged, gt) == pytest.approx(1 / gt.size)
+  cut = gt.copy()
+  cut[2:8, 8] = False  # a 1-px membrane through the second cell
+  # six pixels removed, but only one split remains: the warp keeps a 1-px
+  # bridge and the prediction removes it.
+  assert metrics.topology_errors(metrics.warp_towards(gt, cut), cut) == (1, 0)
+  assert metrics.warping_error(cut, gt) == pytest.approx(1 / gt.size)
+  # the reverse: the truth has three cells, the prediction fills the whole
+  # membrane between two of them. No pixel of it can flip alone without
+  # merging, so all six stay and count (the error counts pixels).
+  assert metrics.topology_errors(metrics.warp_towards(cut, gt), gt) == (0, 6)
+
+
+def test_warp_flips_the_most_confident_pixel_first():
+  gt = np.zeros((8, 12), bool)
+  gt[3:5, 1:11] = True  # a 2-px thick bar
+  prob = gt.astype(np.float64)
+  prob[3, 6], prob[4, 6] = 0.1, 0.4  # both removed at threshold 0.5; (3, 6) surer
+  warped = metrics.warp_towards(gt, prob)
+  # only one of the two can go without splitting the bar: the more confident
+  assert not warped[3, 6] and warped[4, 6]
+  prob[3, 6], prob[4, 6] = 0.4, 0.1
+  warped = metrics.warp_towards(gt, prob)
+  assert warped[3, 6] and not warped[4, 6]
+  assert metrics.warping_error(prob, gt) == pytest.approx(1 / gt.size)  # a split either way
+
+
+def _components_count(mask):
+  """(4-connected objects, 8-connected background components) with a background frame."""
+  padded = np.pad(mask, 1)
+  return ndi.label(padded, _FOUR)[1], ndi.label(~padded, _EIGHT)[1]
+
+
+def _brute_warp(gt, prob, threshold):
+  """Jain et al. (2010), Algorithm 1, literally: flip the most confident simple
+  disagreeing pixel, where simple = flipping it keeps the numbers of objects and
+  of background components of the whole image; repeat until none is left."""
+  warped = gt.copy()
+  goal = prob > threshold
+  while True:
+    best = None
+    counts = _components_count(warped)
+    for p in map(tuple, np.argwhere(warped != goal)):
+      warped[p] = ~warped[p]
+      if _components_count(warped) == counts:
+        key = (-abs(prob[p] - threshold), p)
+        best = key if best is None or key < best else best
+      warped[p] = ~warped[p]
+    if best is None:
+      return warped
+    warped[best[1]] = goal[best[1]]
+
+
+def _brute_topology_errors(warped, pred):
+  """Flips each remaining disagreement alone and counts objects before and after."""
+  splits = merges = 0
+  objects = _components_count(warped)[0]
+  for p in map(tuple, np.argwhere(warped != pred)):
+    flipped = warped.copy()
+    flipped[p] = pred[p]
+    after = _components_count(flipped)[0]
+    merges += pred[p] and after < objects
+    splits += (not pred[p]) and after > objects
+  return splits, merges
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warping_matches_brute_force_algorithm(seed):
+  rng = np.random.default_rng(seed)
+  gt = ndi.gaussian_filter(rng.normal(size=(16, 16)), 1.2) > 0
+  prob = np.clip(0.5 + 2.0 * ndi.gaussian_filter(rng.normal(size=(16, 16)), 1.0), 0, 1)
+  threshold = (0.3, 0.5, 0.7)[seed % 3]
+  warped = metrics.warp_towards(gt, prob, threshold)
+  np.testing.assert_array_equal(warped, _brute_warp(gt, prob, threshold))
+  assert _components_count(warped) == _components_count(gt)  # topology kept
+  pred = prob > threshold
+  assert metrics.topology_errors(warped, pred) == _brute_topology_errors(warped, pred)
 
 
 def test_simple_point_tables():
@@ -239,3 +350,55 @@ def test_rand_and_info_on_a_full_slice_match_counting():
 def _hand_info_from_ids(s, t):
   h_s, h_t = _entropy(s), _entropy(t)
   return 2 * (h_s + h_t - _entropy(list(zip(s, t)))) / (h_s + h_t)
+
+
+# --------------------------------------------------------------------------
+# V_rand / V_info against scikit-image (docs/metrics.md, "Conventions").
+# --------------------------------------------------------------------------
+
+
+def _noisy_isbi_segmentation(cells, seed=0, noise=0.6):
+  """A realistic proposal: the truth blurred, noised, thresholded and thinned."""
+  rng = np.random.default_rng(seed)
+  prob = (ndi.gaussian_filter(cells.astype(np.float64), 2.0)
+          + ndi.gaussian_filter(rng.normal(0, noise, cells.shape), 1.5))
+  return metrics.thin_boundaries(prob > 0.5)
+
+
+def _singletons_as_labels(seg):
+  """Gives every background pixel of a proposal its own label (our convention)."""
+  seg = np.asarray(seg, np.int64).copy()
+  zero = seg == 0
+  seg[zero] = seg.max() + 1 + np.arange(np.count_nonzero(zero))
+  return seg
+
+
+def test_vrand_vinfo_agree_with_scikit_image(data_root):
+  """Same numbers as skimage.metrics once its conventions are mapped to ours:
+  skimage counts pixel pairs without self-pairs (sum n^2 - n), and reports the
+  variation of information H(S|T) + H(T|S) in bits rather than
+  2 I / (H(S) + H(T)); a proposal's background pixels are singletons only for
+  us, so they get their own labels before skimage sees them."""
+  from skimage.metrics import adapted_rand_error, variation_of_information
+
+  for cells in _isbi_labels(data_root, slice(25, 26)):
+    truth = metrics.components(cells)
+    seg = _noisy_isbi_segmentation(cells)
+    ours_rand, ours_info = metrics.rand_f_score(seg, truth), metrics.info_f_score(seg, truth)
+    assert 0.5 < ours_rand < 0.999  # a realistic, imperfect proposal
+    test = _singletons_as_labels(seg)
+    # skimage: pixels with truth label 0 (membrane) excluded via ignore_labels.
+    _, sk_p, sk_r = adapted_rand_error(truth, test, ignore_labels=(0,))
+    inside = truth > 0
+    n = np.count_nonzero(inside)
+    t_pairs = float(np.sum(np.bincount(truth[inside]).astype(np.float64) ** 2))  # A
+    # skimage: sk_p = (C - n) / (A - n), sk_r = (C - n) / (B - n); restore self-pairs.
+    c_pairs = n + sk_p * (t_pairs - n)
+    s_pairs = n + (c_pairs - n) / sk_r
+    p, r = c_pairs / s_pairs, c_pairs / t_pairs
+    assert ours_rand == pytest.approx(2 * p * r / (p + r), rel=1e-9)
+    h_s, h_t = _entropy(test[inside].tolist()), _entropy(truth[inside].tolist())
+    vi = variation_of_information(truth, test, ignore_labels=(0,)).sum() * math.log(2)  # nats
+    assert ours_info == pytest.approx(1 - vi / (h_s + h_t), rel=1e-9)
+    # Without the mapping the two differ, but only slightly for 512^2 slices.
+    assert ours_rand != 1 - adapted_rand_error(truth, test, ignore_labels=(0,))[0]

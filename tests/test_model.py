@@ -133,3 +133,56 @@ def test_bfloat16_compute_keeps_fp32_params_and_logits():
   ref = UNet(features=4, depth=2).apply(v, x)
   assert y.dtype == jnp.float32
   np.testing.assert_allclose(y, ref, atol=0.05 * float(jnp.abs(ref).max()) + 1e-3)
+
+
+# --------------------------------------------------------------------------
+# padding="same": the non-default ablation variant.
+# --------------------------------------------------------------------------
+
+
+def test_valid_padding_is_the_default():
+  from configs import default
+  assert UNet().padding == "valid"
+  assert default.get_config().padding == "valid"
+
+
+def test_same_padding_has_the_paper_parameters():
+  valid = _abstract_params(UNet())
+  same = _abstract_params(UNet(padding="same"), size=16)
+  shapes = lambda p: jax.tree.map(lambda x: (x.shape, x.dtype), p)  # noqa: E731
+  assert shapes(same) == shapes(valid)  # same names, shapes and dtypes
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(same)) == 31_030_658
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (48, 80)])
+def test_same_padding_output_size_equals_input_size(h, w):
+  model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, h, w, 1)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(variables, x).shape == (1, h, w, 2)
+  # the same parameters run the VALID net too (on a valid size)
+  assert UNet(features=4, depth=2).apply(variables, jnp.zeros((1, 44, 44, 1))).shape == (
+      1, 4, 4, 2)
+
+
+def test_same_padding_first_conv_is_a_zero_padded_convolution():
+  """The first layer against scipy: a zero-padded 3x3 correlation plus bias, ReLU."""
+  import scipy.ndimage as ndi
+  from unet_jax import layers
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(1, 8, 8, 1)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3, 1, 2)).astype(np.float32)
+  bias = np.array([0.5, -0.25], np.float32)
+  got = np.asarray(layers.conv3x3_same(jnp.asarray(x), kernel, bias))
+  for o in range(2):
+    want = ndi.correlate(x[0, :, :, 0], kernel[:, :, 0, o], mode="constant") + bias[o]
+    np.testing.assert_allclose(got[0, :, :, o], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [30, 33, 8])
+def test_same_padding_rejects_sizes_off_the_pooling_grid(size):
+  from unet_jax.model import tile_output_size
+  with pytest.raises(ValueError, match="multiple of 16"):
+    tile_output_size(size, 4, "same")
+  with pytest.raises(ValueError, match="multiple of 16"):
+    UNet(padding="same").init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)))

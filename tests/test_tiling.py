@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -133,3 +134,26 @@ def test_bfloat16_model_gives_float32():
   assert out.dtype == np.float32
   full = tiling.predict_tiled(_net(2, 4)[0], variables, _image(20, 20), tile_size=44)
   assert np.abs(out - full).max() < 0.05
+
+
+def test_same_padding_uses_ordinary_non_overlapping_tiles():
+  """Each 32-px tile of a reflect-padded image goes through the net on its own."""
+  model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  image = np.random.default_rng(0).normal(size=(50, 70)).astype(np.float32)
+  plan = tiling.plan_tiles(50, 70, 32, 2, "same")
+  assert (plan.border, plan.stride, plan.out, plan.rows, plan.cols) == (
+      0, 32, 32, (0, 32), (0, 32, 64))
+  got = tiling.predict_tiled(model, variables, image, tile_size=32, batch_size=4)
+  assert got.shape == (50, 70, 2)
+  padded = np.pad(image, ((0, 14), (0, 26)), mode="reflect")[..., None]
+  want = np.zeros((64, 96, 2), np.float32)
+  for r in range(0, 64, 32):
+    for c in range(0, 96, 32):
+      logits = model.apply(variables, jnp.asarray(padded[None, r:r + 32, c:c + 32]))
+      want[r:r + 32, c:c + 32] = np.asarray(jax.nn.softmax(logits, -1))[0]
+  np.testing.assert_allclose(got, want[:50, :70], rtol=1e-5, atol=1e-6)
+  # TTA and the automatic tile size work as well
+  assert tiling.predict_tiled(model, variables, image, tta=True).shape == (50, 70, 2)
+  with pytest.raises(UserInputError, match="multiple of 4"):
+    tiling.predict_tiled(model, variables, image, tile_size=30)

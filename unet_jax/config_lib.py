@@ -20,11 +20,11 @@ from unet_jax.errors import UserInputError
 
 DTYPES = ("float32", "bfloat16")
 # Fields that fix the parameter shapes: a checkpoint only loads into the same ones.
-ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels")
+ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels", "padding")
 # Config fields added after runs were committed, with the value that reproduces
 # those runs (so their workdirs still load).
 FIELDS_ADDED_LATER = {
-    "classifier_init_scale": 1.0, "heldout_indices": "",
+    "classifier_init_scale": 1.0, "heldout_indices": "", "padding": "valid",
     # the paper's way: 4-connected components of p(cell) > 0.5
     "instances": {"method": "components", "threshold": 0.5, "seed_threshold": 0.9,
                   "seed_radius": 2, "min_size": 0, "fill_gaps": True},
@@ -40,13 +40,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   c = config
   if c.depth < 1:
     _fail("depth", c.depth, "must be >= 1 (the paper uses 4)")
+  padding = c.get("padding", "valid")
+  if padding not in model_lib.PADDINGS:
+    _fail("padding", padding, f"must be one of {model_lib.PADDINGS} (the paper: valid)")
   try:
-    model_lib.output_size(c.tile_size, c.depth)
+    model_lib.tile_output_size(c.tile_size, c.depth, padding)
   except ValueError as e:
     _fail("tile_size", c.tile_size, str(e))
   if c.eval_tile_size:
     try:
-      tiling.check_tile_size(c.eval_tile_size, c.depth)
+      tiling.check_tile_size(c.eval_tile_size, c.depth, padding)
     except ValueError as e:
       _fail("eval_tile_size", c.eval_tile_size, str(e))
   if c.dtype not in DTYPES:
@@ -83,7 +86,8 @@ def resolve(config: ml_collections.ConfigDict, num_channels: int | None = None
     else the config's own value (a saved config of a run has it).
   * ``eval_tile_size``: 0 means ``tile_size``; raised to the smallest tile
     usable for seamless inference (:func:`unet_jax.tiling.smallest_usable_tile`),
-    since training tiles may be smaller (188 at depth 4).
+    since training tiles may be smaller (188 at depth 4); SAME-padded nets
+    (``padding = "same"``, ordinary tiling) keep it as it is.
 
   Calling it again on its result changes nothing.
 
@@ -97,8 +101,9 @@ def resolve(config: ml_collections.ConfigDict, num_channels: int | None = None
     raise UserInputError("config.in_channels is 0 (= taken from the data) and no data was "
                          "given: set --config.in_channels")
   out.in_channels = in_channels
-  out.eval_tile_size = max(int(config.eval_tile_size or config.tile_size),
-                           tiling.smallest_usable_tile(config.depth))
+  out.eval_tile_size = int(config.eval_tile_size or config.tile_size)
+  if config.padding == "valid":  # SAME nets tile without overlap: any grid size works
+    out.eval_tile_size = max(out.eval_tile_size, tiling.smallest_usable_tile(config.depth))
   if config.is_locked:
     out.lock()
   return out

@@ -57,7 +57,7 @@ def preview(config, out_dir: str | pathlib.Path, num_samples: int = 3) -> pathli
                             instances=train.instances[:1], names=train.names[:1])
   weight = input_pipeline.weights_for(
       config, one, class_weights=input_pipeline.class_weights_for(config, train))[0]
-  tile, out = config.tile_size, model_lib.output_size(config.tile_size, config.depth)
+  tile, out = config.tile_size, model_lib.tile_output_size(config.tile_size, config.depth, config.padding)
   params = augment.AugmentParams.from_config(config.augment)
   rng = np.random.default_rng(config.seed)
   samples = [augment.augment_sample(rng, one.images[0], one.labels[0], weight, tile, out, params)

@@ -494,7 +494,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   if fixed_tile is not None:
     from unet_jax import tiling
     tiling.check_tile_size(fixed_tile, model.depth)
-  tile = fixed_tile or evaluation.eval_tile_size(config, model.depth)
+  tile = fixed_tile or config_lib.resolve(config, in_channels).eval_tile_size
   for path in existing:
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 

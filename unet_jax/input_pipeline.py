@@ -153,7 +153,7 @@ def make_train_iterator(config, data: SegmentationData, *,
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
   weights = weights_for(config, data) if weights is None else weights
   tile = int(config.tile_size)
-  out = model.output_size(tile, config.depth)
+  out = model.tile_output_size(tile, config.depth, config.padding)
   sampler = TileSampler(tuple(data.images), tuple(data.labels),
                         tuple(np.asarray(w) for w in weights), tile, out,
                         augment.AugmentParams.from_config(config.augment))

@@ -179,6 +179,22 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array,
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def conv3x3_same(x: jax.Array, kernel: jax.Array,
+                 bias: jax.Array | None = None) -> jax.Array:
+  """SAME (zero-padded) 3x3 conv, for the non-default ``UNet(padding="same")``.
+
+  Args:
+    x: ``[N, H, W, C_in]``.
+    kernel: ``[3, 3, C_in, C_out]``.
+    bias: ``[C_out]`` or None.
+  Returns:
+    ``[N, H, W, C_out]``.
+  """
+  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
+                               dimension_numbers=_DN)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
 def conv1x1(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
   """1x1 conv as a channel matmul. ``kernel`` [1, 1, C_in, C_out]."""
   y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0].astype(x.dtype))

@@ -12,6 +12,12 @@ applied to the output of the deepest encoder level (512 channels at depth 4)
 *before* it is used both as skip connection and pooled, and to the output of
 the bottleneck (1024 channels). It is active only with ``train=True`` and draws
 from the PRNG stream ``"dropout"``.
+
+``padding="same"`` is a non-default variant for ablations: zero-padded 3x3
+convolutions (as in most later reimplementations), so the output has the
+input's size and skip connections need no cropping. The parameters (names,
+shapes, count) are those of the paper's net; only the convolutions' border
+handling differs. Inputs must then be multiples of ``2**depth``.
 """
 
 from __future__ import annotations
@@ -91,6 +97,41 @@ def valid_input_size(min_size: int, depth: int = 4) -> int:
   return s
 
 
+PADDINGS = ("valid", "same")
+
+
+def check_padding(padding: str) -> str:
+  if padding not in PADDINGS:
+    raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+  return padding
+
+
+def tile_output_size(input_size: int, depth: int = 4, padding: str = "valid") -> int:
+  """Output side for an input side ``input_size`` with either padding.
+
+  VALID (the paper): ``output_size``. SAME: the input side itself, which must
+  be a multiple of ``2**depth`` (every pooled map even).
+
+  Raises:
+    ValueError: for an invalid size, naming the nearest valid ones.
+  """
+  if check_padding(padding) == "valid":
+    return output_size(input_size, depth)
+  grid = 2**depth
+  if input_size < grid or input_size % grid:
+    below, above = input_size // grid * grid, -(-input_size // grid) * grid
+    near = f"{below} or {above}" if below else f"{above}"
+    raise ValueError(f"input size {input_size} is not valid for a depth-{depth} U-Net with "
+                     f"SAME-padded convolutions (must be a multiple of {grid}); "
+                     f"nearest valid sizes: {near}")
+  return int(input_size)
+
+
+def smallest_input_size(depth: int = 4, padding: str = "valid") -> int:
+  """Smallest valid input side (188 VALID, 16 SAME at depth 4), e.g. to init parameters."""
+  return valid_input_size(1, depth) if check_padding(padding) == "valid" else 2**depth
+
+
 def border(depth: int = 4) -> int:
   """Pixels lost on each side of the input (92 for depth 4)."""
   s = valid_input_size(1, depth)
@@ -146,6 +187,8 @@ class UNet(nn.Module):
       through the four max-poolings and the logits start with std ~10, so the
       first steps only shrink them; 0 starts from p = 1/K everywhere
       (docs/cells.md). Only the initial values change, not the parameters.
+    padding: "valid" (the paper, default) or "same" (zero-padded 3x3
+      convolutions, output size = input size; for ablations). Same parameters.
   """
   num_classes: int = 2
   features: int = 64
@@ -154,22 +197,28 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   reference_ops: bool = False
   classifier_init_scale: float = 1.0
+  padding: str = "valid"
 
   def _ops(self):
     if self.reference_ops:
-      return (layers.conv_valid_reference, layers.upconv2x2_reference,
-              layers.max_pool2x2_reference, layers.conv_valid_reference)
-    return layers.conv3x3_valid, layers.upconv2x2, layers.max_pool2x2, layers.conv1x1
+      ops = (layers.conv_valid_reference, layers.upconv2x2_reference,
+             layers.max_pool2x2_reference, layers.conv_valid_reference)
+    else:
+      ops = layers.conv3x3_valid, layers.upconv2x2, layers.max_pool2x2, layers.conv1x1
+    if check_padding(self.padding) == "same":
+      ops = (layers.conv3x3_same,) + ops[1:]
+    return ops
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Applies the net.
 
     Args:
-      x: ``[N, H, W, C]`` with H, W valid input sizes (see ``output_size``).
+      x: ``[N, H, W, C]`` with H, W valid input sizes (see ``tile_output_size``).
       train: enables dropout (needs the ``"dropout"`` PRNG stream).
     Returns:
-      logits ``[N, H', W', num_classes]`` in float32, H' = output_size(H).
+      logits ``[N, H', W', num_classes]`` in float32, H' =
+      ``tile_output_size(H, depth, padding)`` (H itself for SAME).
     """
     if x.ndim != 4:
       raise ValueError(f"UNet expects input [N, H, W, C], got shape {x.shape}")
@@ -177,7 +226,7 @@ class UNet(nn.Module):
       # Symbolic sides (jax.export shape polymorphism, used by unet_jax.export)
       # are valid by construction; concrete ones get a clear error.
       if isinstance(side, int):
-        output_size(side, self.depth)
+        tile_output_size(side, self.depth, self.padding)
     conv3, upconv, pool, conv1 = self._ops()
     dt = self.dtype
 
@@ -219,10 +268,10 @@ def from_config(config) -> UNet:
   Raises:
     ValueError: if ``config.tile_size`` is not a valid input size.
   """
-  output_size(config.tile_size, config.depth)  # clear error for bad sizes
+  tile_output_size(config.tile_size, config.depth, config.padding)  # clear error
   return UNet(num_classes=config.num_classes, features=config.features, depth=config.depth,
               dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype),
-              classifier_init_scale=config.classifier_init_scale)
+              classifier_init_scale=config.classifier_init_scale, padding=config.padding)
 
 
 def init_params(model: UNet, rng: jax.Array, in_channels: int):
@@ -231,6 +280,6 @@ def init_params(model: UNet, rng: jax.Array, in_channels: int):
   Initialises on the smallest valid input (the parameters do not depend on
   the input size), so this is cheap to trace.
   """
-  t = valid_input_size(1, model.depth)
+  t = smallest_input_size(model.depth, model.padding)
   x = jnp.zeros((1, t, t, int(in_channels)), jnp.float32)
   return model.init({"params": rng}, x, train=False)["params"]

@@ -13,6 +13,12 @@ reflect-padded further on the bottom/right so that the last tile fits; the
 result is cropped back. With this placement the stitched result equals one
 forward pass over the whole padded image (up to float summation order), which
 ``tests/test_tiling.py`` checks.
+
+A net with ``padding="same"`` (the non-default ablation variant) is tiled the
+ordinary way instead: input tile = output tile, no border and no overlap; the
+image is reflect-padded on the bottom/right to whole tiles. Its tiles see zero
+padding at their edges, so (unlike overlap-tile) the stitched result is not
+seamless.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def smallest_usable_tile(depth: int = 4) -> int:
   return size
 
 
-def check_tile_size(tile_size: int, depth: int = 4) -> int:
+def check_tile_size(tile_size: int, depth: int = 4, padding: str = "valid") -> int:
   """Checks that ``tile_size`` is a valid, usable input tile side.
 
   Returns:
@@ -57,7 +63,7 @@ def check_tile_size(tile_size: int, depth: int = 4) -> int:
       ones) or one whose output is smaller than the ``2**depth`` pooling grid.
   """
   try:
-    out = model_lib.output_size(tile_size, depth)
+    out = model_lib.tile_output_size(tile_size, depth, padding)
   except ValueError as e:
     raise UserInputError(f"tile_size: {e}") from None
   if out < 2**depth:
@@ -264,11 +270,17 @@ def _positions(length: int, out: int, stride: int) -> tuple[int, ...]:
   return tuple(i * stride for i in range(count))
 
 
-def plan_tiles(height: int, width: int, tile_size: int, depth: int) -> TilePlan:
-  """Places output tiles on the ``2**depth`` grid so they cover ``height x width``."""
-  out = check_tile_size(tile_size, depth)
+def plan_tiles(height: int, width: int, tile_size: int, depth: int,
+               padding: str = "valid") -> TilePlan:
+  """Places output tiles on the ``2**depth`` grid so they cover ``height x width``.
+
+  VALID: overlap-tile (border = the net's, stride a multiple of ``2**depth``).
+  SAME: ordinary tiling (border 0, stride = tile = output tile, no overlap).
+  """
+  out = check_tile_size(tile_size, depth, padding)
   stride = out // 2**depth * 2**depth
-  return TilePlan(tile=tile_size, out=out, stride=stride, border=model_lib.border(depth),
+  border = model_lib.border(depth) if padding == "valid" else 0
+  return TilePlan(tile=tile_size, out=out, stride=stride, border=border,
                   height=height, width=width, rows=_positions(height, out, stride),
                   cols=_positions(width, out, stride))
 
@@ -392,10 +404,23 @@ def _check_channels(variables: Any, channels: int) -> None:
                          f"on {expected}; convert the image (e.g. to greyscale) first")
 
 
+def _padding(model: nn.Module) -> str:
+  return getattr(model, "padding", "valid")
+
+
 def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
                      batch_size: int, memory_budget: int | None = None) -> int:
-  """Largest usable tile within the memory budget, capped at one covering the image."""
+  """Largest usable tile within the memory budget, capped at one covering the image.
+
+  For a SAME-padded net: the VALID choice rounded down to a multiple of
+  ``2**depth`` (about the same activation memory), capped at the image.
+  """
   depth = model.depth
+  if _padding(model) == "same":
+    grid = 2**depth
+    valid = choose_tile_size(model.clone(padding="valid"), height, width, channels,
+                             batch_size, memory_budget)
+    return max(grid, min(valid // grid, -(-max(height, width) // grid)) * grid)
   cover = model_lib.valid_input_size(max(height, width) + 2 * model_lib.border(depth), depth)
   return tile_size_for_memory(
       memory_budget or default_memory_budget(), features=model.features, depth=depth,
@@ -433,10 +458,11 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   _check_channels(variables, c)
   if tile_size is None:
     tile_size = choose_tile_size(model, h, w, c, batch_size, memory_budget)
-  check_tile_size(tile_size, model.depth)
+  padding = _padding(model)
+  check_tile_size(tile_size, model.depth, padding)
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
   views = [transform(image, k, flip) for k, flip in transforms]
-  plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth) for v in views]
+  plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth, padding) for v in views]
   # All views' tiles go through one batched loop: full batches, one compilation.
   tiles = np.concatenate([extract_tiles(pad_image(v, p), p) for v, p in zip(views, plans)])
   outputs = run_batched(model, variables, tiles, batch_size, progress)
@@ -456,7 +482,7 @@ def full_image_reference(model: nn.Module, variables: Any, image: np.ndarray,
   is what the stitched tiles must equal. Returns float32 ``[H, W, K]``.
   """
   image = _as_hwc(image)
-  plan = plan_tiles(image.shape[0], image.shape[1], tile_size, model.depth)
+  plan = plan_tiles(image.shape[0], image.shape[1], tile_size, model.depth, _padding(model))
   padded = pad_image(image, plan)[None]
   return np.asarray(_probabilities(model, variables, jnp.asarray(padded)))[
       0, :plan.height, :plan.width]

@@ -208,7 +208,8 @@ def param_count(params) -> int:
 
 
 def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
-  t, o = config.tile_size, model_lib.output_size(config.tile_size, config.depth)
+  t = config.tile_size
+  o = model_lib.tile_output_size(t, config.depth, config.padding)
   b = config.batch_size
   return {"image": np.zeros((b, t, t, config.in_channels), np.float32),
           "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
@@ -241,7 +242,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   seconds = time.perf_counter() - t0
   return {"parameters": param_count(state.params),
           "input_tile": config.tile_size,
-          "output_tile": model_lib.output_size(config.tile_size, config.depth),
+          "output_tile": model_lib.tile_output_size(config.tile_size, config.depth,
+                                                    model.padding),
           "batch_size": config.batch_size,
           "estimated_peak_memory_bytes": peak,
           "step_seconds": seconds,
