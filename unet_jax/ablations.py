@@ -57,7 +57,7 @@ def _same_padding(config: ml_collections.ConfigDict) -> dict[str, Any]:
   grid = 2**config.depth
   up = lambda s: -(-int(s) // grid) * grid  # noqa: E731
   out = {"padding": "same", "tile_size": up(config.tile_size)}
-  if config.get("eval_tile_size", 0):
+  if config.eval_tile_size:
     out["eval_tile_size"] = up(config.eval_tile_size)
   return out
 
@@ -125,7 +125,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
     ``{"train_seconds", "step", "no_tta": scores, "tta": scores}``; also
     written to ``workdir/heldout.json`` (a run with that file is not redone).
   """
-  from unet_jax import checkpoint, datasets, evaluation, train_lib
+  from unet_jax import checkpoint, datasets, evaluation, inference, train_lib
 
   done = _read_json(workdir / "heldout.json")
   if done is not None:
@@ -139,7 +139,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
   seconds += time.perf_counter() - start
   timing_path.write_text(json.dumps({"seconds": seconds}))
 
-  saved, model, variables = checkpoint.load_for_inference(
+  saved, model, variables = inference.load_for_inference(
       workdir, "best" if select == "best" else "latest")
   data = datasets.load_split(saved, "heldout")
   result = {"train_seconds": seconds, "select": select,
