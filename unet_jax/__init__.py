@@ -1,6 +1,7 @@
 """unet_jax: the U-Net of Ronneberger et al. (MICCAI 2015) in JAX/Flax."""
 
 from unet_jax import metrics
+from unet_jax.layers import jit, xla_compiler_options
 from unet_jax.losses import weighted_cross_entropy
 from unet_jax.model import UNet, output_size, valid_input_size
 from unet_jax.tiling import predict_tiled, tile_size_for_memory
@@ -13,4 +14,5 @@ __all__ = [
     "weighted_cross_entropy",
     "predict_tiled", "tile_size_for_memory", "metrics",
     "TrainState", "create_train_state", "make_train_step",
+    "jit", "xla_compiler_options",
 ]
