@@ -68,8 +68,8 @@ def jit(fun: Callable | None = None, **kwargs) -> Callable:
   """``jax.jit`` with ``xla_compiler_options()``: the fast path for your own functions.
 
   A train or predict step of your own around ``unet_jax.UNet`` jitted with
-  plain ``jax.jit`` gets XLA:CPU's default convolution path, about 1.8x slower
-  per paper-size train step on CPU (docs/performance.md). Use this instead;
+  plain ``jax.jit`` gets XLA:CPU's default convolution path, 1.3-2.2x slower
+  per paper-size train step on a 2-core CPU (docs/performance.md). Use this instead;
   it takes every ``jax.jit`` argument, and works as a decorator with or without
   arguments::
 
