@@ -168,7 +168,11 @@ def best_score(workdir: str | pathlib.Path) -> dict | None:
 
 
 def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  pathlib.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+  # Atomic: the other processes of a multi-process run read it meanwhile.
+  path = pathlib.Path(workdir, "config.json")
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(path)
 
 
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
