@@ -98,7 +98,7 @@ def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(tiny_c
           "--config.eval_every=0", "--config.log_every=1", "--config.checkpoint_every=4"]
   work, logs = tmp_path / "two", [tmp_path / "p0.log", tmp_path / "p1.log"]
   procs = _launch(work, args, logs)
-  deadline = time.time() + 600
+  deadline = time.time() + 1800
   while time.time() < deadline and len(_train_rows(work)) < 5 and procs[0].poll() is None:
     time.sleep(0.02)
   procs[1].send_signal(signal.SIGSTOP)  # process 0 now waits in the next all-reduce
