@@ -150,7 +150,7 @@ def test_unet_jax_jit_compiles_with_the_fast_options():
   import unet_jax
 
   def options(lowered):  # what jax.jit hands to the compiler
-    return dict(lowered._lowering.compile_args["compiler_options_kvs"])  # pylint: disable=protected-access
+    return dict(lowered._lowering._compiler_options_kvs)  # pylint: disable=protected-access
 
   x = jnp.arange(6.0)
   step = unet_jax.jit(lambda a, n: a * n, static_argnums=1)
