@@ -17,6 +17,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py",
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and curves.")
 flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's time; "
                   "write nothing.")
+cli.define_distributed_flags()
 
 
 def main(argv):
@@ -25,6 +26,7 @@ def main(argv):
 
   config = FLAGS.config
   config_lib.validate(config)
+  cli.initialize_distributed()  # before anything touches the devices
   if FLAGS.dry_run:
     from unet_jax import datasets
     data = datasets.load_split(config, "train")

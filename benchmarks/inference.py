@@ -107,6 +107,40 @@ def throughput_rows(tiles, batch: int, reps: int, tta_reps: int) -> list[str]:
   return rows
 
 
+def method_rows(features: int, sizes, tile: int, batch: int, reps: int,
+                tta: bool = False) -> list[str]:
+  """images/s of ``predict_tiled`` with ``method="host"`` (NumPy tiling around one
+  jitted batch call) and ``method="device"`` (one compiled program), interleaved."""
+  model = UNet(features=features, depth=4, dropout_rate=0.0)
+  variables = he_variables(model)
+  rows = ["| image | features | tile | tiles | batch | TTA | host s/image | device s/image "
+          "| host images/s | device images/s | device / host time | first call host / device s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for size in sizes:
+    image = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
+    plan = tiling.plan_tiles(size, size, tile, 4)
+    kw = dict(tile_size=tile, batch_size=batch, tta=tta)
+    first, times = {}, {"host": [], "device": []}
+    for method in times:  # compile both first
+      t0 = time.perf_counter()
+      out = tiling.predict_tiled(model, variables, image, method=method, **kw)
+      first[method] = time.perf_counter() - t0
+      if method == "host":
+        ref = out
+    assert np.abs(out - ref).max() < 1e-5
+    for _ in range(reps):
+      for method in times:
+        t0 = time.perf_counter()
+        tiling.predict_tiled(model, variables, image, method=method, **kw)
+        times[method].append(time.perf_counter() - t0)
+    h, d = float(np.median(times["host"])), float(np.median(times["device"]))
+    rows.append(f"| {size}² | {features} | {tile} | {plan.num_tiles * (8 if tta else 1)} | "
+                f"{batch} | {'8 views' if tta else 'no'} | {h:.2f} | {d:.2f} | {1 / h:.3f} | "
+                f"{1 / d:.3f} | {d / h:.2f} | {first['host']:.1f} / {first['device']:.1f} |")
+    print(rows[-1], flush=True)
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tiles", default="572,700", help="input tile sides")
@@ -114,9 +148,26 @@ def main() -> None:
   parser.add_argument("--reps", type=int, default=2, help="timed calls without TTA")
   parser.add_argument("--tta_reps", type=int, default=1, help="timed calls with TTA (0 = skip)")
   parser.add_argument("--memory_only", action="store_true")
+  parser.add_argument("--methods", action="store_true",
+                      help="only the host-vs-device table (predict_tiled method=)")
+  parser.add_argument("--features", type=int, default=64, help="--methods: net width")
+  parser.add_argument("--sizes", default="512,2048", help="--methods: image sides")
   parser.add_argument("--out", default=os.path.join(REPO, "results", "inference_benchmark.md"))
   args = parser.parse_args()
 
+  if args.methods:
+    load0 = os.getloadavg()[0]
+    rows = method_rows(args.features, [int(x) for x in args.sizes.split(",")],
+                       int(args.tiles.split(",")[0]), args.batch, args.reps)
+    text = ["# Overlap-tile inference: host tiling vs one compiled program", "",
+            f"{datetime.date.today()}, {os.cpu_count()} CPU cores shared with other jobs "
+            f"(load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after: "
+            f"loaded-machine figures), jax {jax.__version__}, float32, depth 4, random "
+            f"weights, medians of {args.reps} interleaved calls.", "", *rows, ""]
+    with open(args.out, "w") as f:
+      f.write("\n".join(text))
+    print(f"wrote {args.out}")
+    return
   memory = memory_rows([(8, 204, 4), (8, 572, 4), (64, 204, 4), (64, 572, 1), (64, 572, 4),
                         (64, 700, 1), (64, 700, 4)])
   speed = [] if args.memory_only else throughput_rows(

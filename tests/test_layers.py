@@ -142,3 +142,21 @@ def test_unet_fast_ops_match_reference_ops():
   assert jax.tree.structure(g_fast) == jax.tree.structure(g_ref)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
     _assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_jax_jit_compiles_with_the_fast_options():
+  """`unet_jax.jit` = jax.jit + xla_compiler_options(), as a call or a decorator."""
+  import functools
+  import unet_jax
+
+  def options(lowered):  # what jax.jit hands to the compiler
+    return dict(lowered._lowering._compiler_options_kvs)  # pylint: disable=protected-access
+
+  x = jnp.arange(6.0)
+  step = unet_jax.jit(lambda a, n: a * n, static_argnums=1)
+  np.testing.assert_array_equal(step(x, 3), np.arange(6.0) * 3)
+  assert options(step.lower(x, 3)) == layers.xla_compiler_options()
+  deco = functools.partial(unet_jax.jit, compiler_options={"xla_cpu_enable_fast_math": False})
+  merged = options(deco(lambda a: a + 1).lower(x))
+  assert merged == {**layers.xla_compiler_options(), "xla_cpu_enable_fast_math": False}
+  assert options(jax.jit(lambda a: a).lower(x)) == {}

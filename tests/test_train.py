@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -125,14 +126,21 @@ def test_corrupt_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_config, tmp_path):
+  """Metrics are fetched every log_every steps; the guard names the first bad step and range."""
   c = tiny_config
   c.eval_every, c.num_steps, c.checkpoint_every = 0, 3, 3
   train_lib.train_and_evaluate(c, str(tmp_path))
   before = _params(tmp_path)
-  c.num_steps, c.learning_rate = 30, 1e12
-  with pytest.raises(NonFiniteError, match=r"step \d+: the (loss|gradient norm) is (nan|inf)"
-                     r".*last good checkpoint \(step 3\).*learning_rate"):
+  c.num_steps, c.learning_rate, c.log_every, c.checkpoint_every = 30, 1e12, 4, 100
+  with pytest.raises(NonFiniteError) as err:
     train_lib.train_and_evaluate(c, str(tmp_path))
+  match = re.match(r"step (\d+): the (loss|gradient norm) is (nan|inf) \(non-finite; first bad "
+                   r"step of steps (\d+)-(\d+),", str(err.value))
+  assert match, str(err.value)
+  bad, first, last = int(match[1]), int(match[4]), int(match[5])
+  assert first <= bad <= last and last - first < 4 and last % 4 == 0 and first > 3
+  assert "last good checkpoint (step 3)" in str(err.value)
+  # the host saw every step of the range, so `bad` really is the first non-finite one
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3]
   _assert_trees_equal(before, _params(tmp_path))
 
@@ -147,6 +155,34 @@ def test_dry_run_reports_sizes_and_writes_nothing(tiny_config, tmp_path, monkeyp
   assert (report["input_tile"], report["output_tile"]) == (60, 20)
   assert report["step_seconds"] > 0 and report["estimated_peak_memory_bytes"] > 0
   assert not list(tmp_path.iterdir())
+
+
+def test_no_checkpoint_with_non_finite_parameters(tiny_config, tmp_path):
+  """A step whose loss is finite can still leave NaN/Inf parameters (the loss is computed
+  before the update): the save is refused, the previous checkpoint stays."""
+  c = tiny_config
+  c.eval_every, c.num_steps, c.checkpoint_every, c.log_every = 0, 2, 2, 1
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  before = _params(tmp_path)
+  # 1e39 overflows float32: the first update makes the parameters inf/nan while
+  # the first step's loss and gradient norm (at the old parameters) stay finite.
+  c.num_steps, c.checkpoint_every, c.warmup_steps = 3, 1, 0  # same optimizer structure
+  c.learning_rate = 1e39
+  with pytest.raises(NonFiniteError, match=r"steps 3-3: the parameters after step 3 contain "
+                     r"non-finite values; they were not saved.*last good checkpoint \(step 2\)"):
+    train_lib.train_and_evaluate(c, str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert np.isfinite(rows[-1]["loss"]) and rows[-1]["step"] == 3
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+  _assert_trees_equal(before, _params(tmp_path))
+  # the backstop in checkpoint.save itself
+  rc = config_lib.resolve(c, 1)
+  state = train_lib.create_train_state(rc, model_lib.from_config(rc), jax.random.PRNGKey(0))
+  state = state.replace(params=jax.tree.map(lambda x: x.at[..., 0].set(np.nan), state.params))
+  assert not checkpoint.all_finite(state.params)
+  with pytest.raises(NonFiniteError, match="not written"):
+    checkpoint.save(checkpoint.train_manager(tmp_path / "other"), 1, state, None)
+  assert not list((tmp_path / "other").glob("*/*"))
 
 
 @pytest.mark.slow

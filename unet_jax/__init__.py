@@ -20,18 +20,21 @@ _EXPORTS = {
     "predict_tiled": "tiling", "tile_size_for_memory": "tiling",
     "TrainState": "train_lib", "create_train_state": "train_lib",
     "make_train_step": "train_lib",
+    "jit": "layers", "xla_compiler_options": "layers",
 }
 _SUBMODULES = (
-    "augment", "checkpoint", "cli", "config_lib", "ctc_format", "data_tool", "datasets",
-    "download", "errors", "evaluation", "inference", "input_pipeline", "instances", "layers",
-    "losses", "metrics", "model", "monitoring", "parallel", "synthetic", "tiling", "train_lib",
-    "weight_maps",
+    "ablations", "augment", "checkpoint", "cli", "config_lib", "ctc_format", "data_tool",
+    "datasets", "distributed", "download", "errors", "evaluation", "export", "inference",
+    "input_pipeline", "instances", "layers", "losses", "metrics", "model", "monitoring",
+    "onnx_predict", "parallel", "submission", "synthetic", "tiled_program", "tiling",
+    "train_lib", "weight_maps",
 )
 
 __all__ = [*_EXPORTS, "metrics"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
   from unet_jax import metrics
+  from unet_jax.layers import jit, xla_compiler_options
   from unet_jax.losses import weighted_cross_entropy
   from unet_jax.model import UNet, output_size, valid_input_size
   from unet_jax.tiling import predict_tiled, tile_size_for_memory

@@ -20,9 +20,11 @@ import pathlib
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from unet_jax.errors import UserInputError
+from unet_jax.errors import NonFiniteError, UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,33 @@ def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
                                options=_options(1), item_names=("params", "score"))
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+  """True if no floating-point leaf of ``tree`` holds a NaN or Inf (reduced on the device)."""
+  return bool(_all_finite(tree))
+
+
+def _refuse_non_finite(step: int, tree: Any, what: str) -> None:
+  # The last line of defence: a checkpoint is what a run resumes from and
+  # what evaluation loads, so one with NaNs must never be written.
+  if not all_finite(tree):
+    raise NonFiniteError(f"step {step}: the {what} contain non-finite values; the "
+                         "checkpoint was not written")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) -> None:
-  """Saves the train state pytree and the grain iterator position at ``step``."""
+  """Saves the train state pytree and the grain iterator position at ``step``.
+
+  Raises:
+    NonFiniteError: if the parameters hold a NaN/Inf (nothing is written).
+  """
+  _refuse_non_finite(step, state.params, "parameters")
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
@@ -107,6 +134,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 def save_best(workdir: str | pathlib.Path, step: int, params: Any, score: dict) -> None:
   """Replaces the best checkpoint with ``params`` and its held-out ``score``."""
+  _refuse_non_finite(step, params, "parameters")
   mgr = best_manager(workdir)
   for old in mgr.all_steps():
     mgr.delete(old)

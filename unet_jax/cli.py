@@ -76,6 +76,23 @@ def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
     _fail(_config_flag_message(e))
 
 
+def define_distributed_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id (multi-process runs)."""
+  from absl import flags
+  flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                      "(unset: single process, or what a SLURM/MPI cluster provides).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0-based.")
+
+
+def initialize_distributed() -> bool:
+  """Calls ``unet_jax.distributed.initialize`` with the flags of ``define_distributed_flags``."""
+  from absl import flags
+  from unet_jax import distributed
+  f = flags.FLAGS
+  return distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+
 def run(app, main: Callable) -> None:
   """``app.run(main)`` that turns user errors into one-line messages (exit 2)."""
 

@@ -10,6 +10,7 @@ and the resolved config is what the rest of the run uses and what
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import ml_collections
@@ -139,8 +140,12 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def save(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """Writes ``WORKDIR/config.json``."""
-  pathlib.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+  """Writes ``WORKDIR/config.json`` (atomically: the other processes of a
+  multi-process run may read it meanwhile)."""
+  path = pathlib.Path(workdir, "config.json")
+  tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(path)
 
 
 def load_saved(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

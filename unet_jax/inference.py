@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def _on_default_device(abstract: Any) -> Any:
   """Shapes/dtypes placed on this process's first device, so that checkpoints
   written on other devices or topologies (GPUs, data parallel) load here."""
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       abstract)
 

@@ -136,7 +136,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def make_train_iterator(config, data: SegmentationData, *,
-                        weights: Sequence[np.ndarray] | None = None) -> grain.DatasetIterator:
+                        weights: Sequence[np.ndarray] | None = None,
+                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
   """Endless iterator of augmented training batches.
 
   Args:
@@ -144,10 +145,14 @@ def make_train_iterator(config, data: SegmentationData, *,
       ``augment.*`` and the weight-map fields.
     data: the training split.
     weights: weight maps per image (default: :func:`weights_for`).
+    process_index, process_count: in a multi-process run, this process reads
+      only its block of ``B / process_count`` samples of every global batch
+      (``unet_jax.distributed.shard_dataset``).
   Returns:
     A grain ``DatasetIterator`` (``get_state()``/``set_state()``) yielding
     ``{"image": float32 [B, T, T, C], "label": int32 [B, O, O],
-    "weight": float32 [B, O, O]}`` with T = ``tile_size``, O its output size.
+    "weight": float32 [B, O, O]}`` with T = ``tile_size``, O its output size,
+    B = ``batch_size / process_count``.
   """
   if not len(data):
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
@@ -158,10 +163,13 @@ def make_train_iterator(config, data: SegmentationData, *,
                         tuple(np.asarray(w) for w in weights), tile, out,
                         augment.AugmentParams.from_config(config.augment))
   # Batch on the IterDataset: MapDataset.batch of an endless repeat() overflows len().
+  from unet_jax import distributed  # pylint: disable=g-import-not-at-top
+  batch = int(config.batch_size)
   ds = (grain.MapDataset.range(len(data)).seed(int(config.seed)).shuffle().repeat()
-        .random_map(sampler)
-        .to_iter_dataset(_read_options(int(config.batch_size)))
-        .batch(int(config.batch_size)))
+        .random_map(sampler))
+  ds = distributed.shard_dataset(ds, batch, process_index, process_count)
+  batch //= process_count
+  ds = ds.to_iter_dataset(_read_options(batch)).batch(batch)
   if int(config.num_workers) > 0:
     _ensure_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers)))

@@ -72,10 +72,13 @@ class RunMonitor:
         continue
     return rows
 
-  def update(self, metrics: dict) -> None:
-    """Adds one step's metrics (host floats) to the running average."""
-    self._acc.append(metrics)
+  def tick(self) -> None:
+    """Advances the progress bar by one dispatched step (no device sync)."""
     self.bar.update(1)
+
+  def update(self, metrics: dict) -> None:
+    """Adds one step's metrics (host floats, fetched later than the step ran)."""
+    self._acc.append(metrics)
     self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
 
   def _append(self, row: dict) -> None:
@@ -143,3 +146,23 @@ class RunMonitor:
     self.bar.close()
     if self._tb is not None:
       self._tb.close()
+
+
+class NullMonitor:
+  """The monitor of processes other than process 0 in a multi-process run: writes nothing."""
+
+  def tick(self) -> None:
+    pass
+
+  def update(self, metrics: dict) -> None:
+    del metrics
+
+  def write_train(self, step: int, extra: dict | None = None) -> dict:
+    del step, extra
+    return {}
+
+  def write_eval(self, step: int, scores: dict) -> None:
+    del step, scores
+
+  def close(self) -> None:
+    pass

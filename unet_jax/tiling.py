@@ -431,7 +431,8 @@ def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
 
 def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
                   tile_size: int | None = None, batch_size: int = 4, tta: bool = False,
-                  memory_budget: int | None = None, progress: bool = False) -> np.ndarray:
+                  memory_budget: int | None = None, progress: bool = False,
+                  method: str = "device") -> np.ndarray:
   """Softmax probabilities of an image of any size by overlap-tile inference.
 
   Args:
@@ -445,8 +446,14 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     batch_size: tiles per jitted call.
     tta: average the predictions of the 8 flips/rotations of the image (the
       dihedral group), each mapped back before averaging.
-    memory_budget: bytes for ``tile_size=None``; None = ``default_memory_budget()``.
-    progress: show a tqdm progress bar over the batches.
+    memory_budget: bytes for ``tile_size=None`` and for how many TTA views
+      one device call holds; None = ``default_memory_budget()``.
+    progress: show a tqdm progress bar over the batches (``method="host"`` only).
+    method: "device": padding, tiling, the batched net, stitching and TTA in
+      one compiled program (``unet_jax.tiled_program``; one compilation per
+      image shape); "host": tiles cut and stitched in NumPy around one jitted
+      batch call (one compilation per tile and batch size, whatever the
+      image size). Both give the same result (float rounding).
   Returns:
     float32 ``[H, W, K]`` softmax probabilities.
   Raises:
@@ -461,6 +468,11 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   padding = _padding(model)
   check_tile_size(tile_size, model.depth, padding)
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+  if method == "device":
+    return _predict_on_device(model, variables, image, tile_size, batch_size, transforms,
+                              memory_budget)
+  if method != "host":
+    raise UserInputError(f"method must be 'device' or 'host', got {method!r}")
   views = [transform(image, k, flip) for k, flip in transforms]
   plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth, padding) for v in views]
   # All views' tiles go through one batched loop: full batches, one compilation.
@@ -472,6 +484,30 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     total += inverse_transform(stitch(outputs[start:start + plan.num_tiles], plan), k, flip)
     start += plan.num_tiles
   return total / len(transforms)
+
+
+def _predict_on_device(model: nn.Module, variables: Any, image: np.ndarray, tile_size: int,
+                       batch_size: int, transforms: tuple, memory_budget: int | None) -> np.ndarray:
+  """``predict_tiled`` through ``tiled_program.predict_sum``: as many TTA views per
+  compiled call as the memory budget allows (all 8 on any usual machine)."""
+  from unet_jax import tiled_program  # pylint: disable=g-import-not-at-top
+
+  h, w, c = image.shape
+  budget = memory_budget or default_memory_budget()
+  net = estimate_memory(tile_size, features=model.features, depth=model.depth,
+                        num_classes=model.num_classes, in_channels=c, batch_size=batch_size,
+                        dtype_bytes=jnp.dtype(model.dtype).itemsize)
+  per_view = tiled_program.image_buffer_bytes(h, w, c, model.num_classes, tile_size,
+                                              model.depth, 1)
+  per_call = int(max(1, min(len(transforms), (budget - net) // max(per_view, 1))))
+  x = jnp.asarray(image)
+  total = None
+  for i in range(0, len(transforms), per_call):
+    part = tiled_program.predict_sum(model, variables, x, tile_size=tile_size,
+                                     batch_size=batch_size,
+                                     views=tuple(transforms[i:i + per_call]))
+    total = part if total is None else total + part
+  return np.asarray(total / len(transforms))
 
 
 def full_image_reference(model: nn.Module, variables: Any, image: np.ndarray,

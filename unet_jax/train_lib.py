@@ -37,7 +37,7 @@ from unet_jax import parallel
 from unet_jax import model as model_lib
 from unet_jax.errors import NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
-from unet_jax.monitoring import RunMonitor
+from unet_jax.monitoring import NullMonitor, RunMonitor
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +160,53 @@ def make_eval_step(model: model_lib.UNet) -> Callable[[Any, Batch], dict]:
   return eval_step
 
 
-def check_finite(step: int, metrics: dict, config: ml_collections.ConfigDict,
-                 last_checkpoint: int | None, workdir: str) -> None:
-  """Raises NonFiniteError naming the step and the quantity if loss/grad is NaN/Inf."""
-  for name, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
-    value = float(metrics.get(name, 0.0))
-    if not np.isfinite(value):
-      kept = (f"the last good checkpoint (step {last_checkpoint}) in {workdir}/checkpoints "
-              "is untouched" if last_checkpoint else "no checkpoint was written")
-      raise NonFiniteError(
-          f"step {step}: the {what} is {value} (non-finite). Training stopped; {kept}. "
-          f"Lower --config.learning_rate (now {config.learning_rate}), add warmup "
+def _kept_message(last_checkpoint: int | None, workdir: str) -> str:
+  return (f"the last good checkpoint (step {last_checkpoint}) in {workdir}/checkpoints "
+          "is untouched" if last_checkpoint else "no checkpoint was written")
+
+
+def _advice(config: ml_collections.ConfigDict) -> str:
+  return (f"Lower --config.learning_rate (now {config.learning_rate}), add warmup "
           "(--config.warmup_steps) or clipping (--config.grad_clip_norm), and check "
           "the input data for NaNs.")
+
+
+def check_finite(steps: list[tuple[int, dict]], config: ml_collections.ConfigDict,
+                 last_checkpoint: int | None, workdir: str) -> None:
+  """Raises NonFiniteError at the first non-finite loss/gradient norm of ``steps``.
+
+  Args:
+    steps: ``(step, host metrics)`` of the steps fetched together (the loop
+      fetches metrics every ``log_every`` steps and before every save).
+    config, last_checkpoint, workdir: for the message.
+  """
+  if not steps:
+    return
+  first, last = steps[0][0], steps[-1][0]
+  for step, metrics in steps:
+    for name, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
+      value = float(metrics.get(name, 0.0))
+      if not np.isfinite(value):
+        raise NonFiniteError(
+            f"step {step}: the {what} is {value} (non-finite; first bad step of steps "
+            f"{first}-{last}, whose metrics were fetched together). Training stopped; "
+            f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}")
+
+
+def check_params_finite(state: TrainState, first: int, last: int,
+                        config: ml_collections.ConfigDict, last_checkpoint: int | None,
+                        workdir: str) -> None:
+  """Raises NonFiniteError if the parameters hold a NaN/Inf (checked on the device).
+
+  The loss of step s is computed from the parameters before that step's
+  update, so finite metrics do not prove finite parameters: this check runs
+  before every save, and no checkpoint with non-finite values is written.
+  """
+  if not checkpoint.all_finite(state.params):
+    raise NonFiniteError(
+        f"steps {first}-{last}: the parameters after step {last} contain "
+        f"non-finite values; they were not saved. Training stopped; "
+        f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}")
 
 
 # --------------------------------------------------------------------------
@@ -185,7 +219,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_test"
+    probe = path / f".write_test.{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -274,29 +308,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state and data iterator, (4) overwrite both from the newest readable
   checkpoint.
 
+  The host never waits for a step: metrics stay on the device and are fetched
+  every ``log_every`` steps and before each save or evaluation (as in the Flax
+  examples), so JAX's asynchronous dispatch keeps the accelerator busy. The
+  non-finite guard then names the first bad step of the fetched range, and the
+  parameters are checked on the device before every save.
+
+  In a multi-process run (``unet_jax.distributed.initialize``) every process
+  calls this with the same config: ``config.batch_size`` is the global batch,
+  each process reads its share, and only process 0 writes logs and plots.
+
   Args:
     config: the training config (see configs/default.py); not modified.
     workdir: where checkpoints, logs and curves go.
   Returns:
     The final train state.
   """
+  from unet_jax import distributed
+
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
+  primary_process = distributed.is_primary()
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
   config = config_lib.resolve(config, train_data.num_channels)
   if (workdir / "config.json").is_file():
     config_lib.check_same_architecture(config_lib.load_saved(workdir), config, str(workdir))
-  config_lib.save(workdir, config)
-  (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
+  if primary_process:
+    config_lib.save(workdir, config)
+    (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
 
   model = model_lib.from_config(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   mesh = _data_parallel_mesh(config)
   if mesh is not None:
     state = parallel.replicate(state, mesh)  # restored checkpoints keep this placement
-  data_iter = input_pipeline.make_train_iterator(config, train_data)
+  data_iter = input_pipeline.make_train_iterator(config, train_data,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
   manager = checkpoint.train_manager(workdir, config.keep_checkpoints)
   restored = checkpoint.restore_latest(manager, state, data_iter)
   start = 0
@@ -311,24 +361,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_step = make_train_step(model, config, mesh)
   schedule = learning_rate_schedule(config)  # for the logs; the optimizer has its own
   primary = datasets.spec(config.dataset).primary_metric
-  monitor = RunMonitor(workdir, config.num_steps, start, primary)
+  monitor = (RunMonitor(workdir, config.num_steps, start, primary) if primary_process
+             else NullMonitor())
   best = checkpoint.best_score(workdir) if val_data is not None else None
+  pending: list[tuple[int, dict]] = []  # (step, metrics on the device) not yet fetched
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = next(data_iter)
       if mesh is not None:
         batch = parallel.shard_batch(batch, mesh)
       state, metrics = train_step(state, batch)
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      check_finite(step, metrics, config, last_ckpt, str(workdir))
-      monitor.update(metrics)
-      if step % config.log_every == 0 or step == config.num_steps:
+      pending.append((step, metrics))
+      monitor.tick()
+      last = step == config.num_steps
+      log_now = step % config.log_every == 0 or last
+      save_now = step % config.checkpoint_every == 0 or last
+      eval_now = val_data is not None and (step % config.eval_every == 0 or last)
+      if not (log_now or save_now or eval_now):
+        continue
+      fetched = [(s, {k: float(v) for k, v in m.items()})
+                 for s, m in jax.device_get(pending)]
+      pending = []
+      check_finite(fetched, config, last_ckpt, str(workdir))
+      for _, m in fetched:
+        monitor.update(m)
+      if log_now:
         monitor.write_train(step, {"learning_rate": float(schedule(step - 1))})
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
+      if save_now:
+        check_params_finite(state, (last_ckpt or start) + 1, step, config, last_ckpt,
+                            str(workdir))
         checkpoint.save(manager, step, state, data_iter)
         last_ckpt = step
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
-      if val_data is not None and (step % config.eval_every == 0 or step == config.num_steps):
+      if eval_now:
         best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
   finally:
     monitor.close()
@@ -337,14 +402,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best):
-  """Held-out evaluation; keeps the best checkpoint by ``primary``."""
-  scores = evaluation.evaluate_split(model, {"params": state.params}, val_data, config,
-                                     progress=False)
+  """Validation; keeps the best checkpoint by ``primary``."""
+  from unet_jax import distributed
+
+  # Every process scores the (small) validation set with its local copy of the
+  # parameters; process 0's score decides, so that all join the same save.
+  scores = evaluation.evaluate_split(model, {"params": distributed.local_copy(state.params)},
+                                     val_data, config, progress=False)
   monitor.write_eval(step, scores)
   value = float(scores[primary])
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    value = float(multihost_utils.broadcast_one_to_all(np.float32(value)))
   if best is None or value > best.get(primary, -np.inf):
     best = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
-    best["step"] = step
+    best.update({"step": step, primary: value})
     checkpoint.save_best(workdir, step, state.params, best)
     log.info("new best %s %.4f at step %d", primary, value, step)
   return best

@@ -1,0 +1,150 @@
+"""Several processes (hosts) training one model: ``jax.distributed`` and data sharding.
+
+Every process runs the same ``train.py`` command. After
+:func:`initialize`, ``jax.devices()`` lists the devices of all processes and
+the data-parallel mesh of :mod:`unet_jax.parallel` spans them; each process
+reads only its own share of every global batch (:func:`shard_dataset`) and
+``jax.make_array_from_process_local_data`` assembles the global batch
+(``parallel.shard_batch``). Orbax saves and restores the replicated train
+state collectively (every process calls it; the primary writes the arrays,
+each process writes its data-iterator position); only process 0 writes
+``metrics.jsonl``, TensorBoard files, ``curves.png`` and ``config.json``.
+
+Launch on two hosts (host A reachable as ``hostA`` from host B)::
+
+  # host A                                    # host B
+  python train.py ... \\                       python train.py ... \\
+    --coordinator_address=hostA:1234 \\          --coordinator_address=hostA:1234 \\
+    --num_processes=2 --process_id=0            --num_processes=2 --process_id=1
+
+With none of the three flags, a cluster environment that JAX recognises
+(SLURM with several tasks, Open MPI, or ``JAX_COORDINATOR_ADDRESS`` set) is
+initialised from its own variables; otherwise nothing is initialised and the
+run is the ordinary single-process one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import grain
+import jax
+
+from unet_jax.errors import UserInputError
+
+
+def cluster_detected(environ: dict[str, str] | None = None) -> bool:
+  """True in a multi-process job that ``jax.distributed.initialize()`` configures itself."""
+  env = os.environ if environ is None else environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return True
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+  return all(k in env for k in slurm) and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Joins the processes of a multi-process run, or does nothing for a single one.
+
+  Must run before anything else touches JAX's devices.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0, reachable from all.
+    num_processes: number of processes.
+    process_id: this process's index in ``[0, num_processes)``.
+  Returns:
+    True if ``jax.distributed`` was initialised.
+  Raises:
+    UserInputError: if only some of the three are given or they are out of range.
+  """
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if not any(given) and not cluster_detected():
+    return False
+  if any(given) and not all(given):
+    raise UserInputError("give all three of --coordinator_address, --num_processes and "
+                         "--process_id (or none, on a cluster that JAX detects)")
+  if all(given) and not 0 <= process_id < num_processes:
+    raise UserInputError(f"--process_id={process_id} must be in [0, {num_processes})")
+  # XLA:CPU needs a collectives library for cross-process all-reduce; gloo
+  # talks TCP. Other backends ignore this option.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  return True
+
+
+def is_primary() -> bool:
+  """True in the process that writes logs, plots and the run's config (process 0)."""
+  return jax.process_index() == 0
+
+
+def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
+  """This process's share of ``global_batch``."""
+  count = jax.process_count() if process_count is None else process_count
+  if global_batch % count:
+    raise UserInputError(f"--config.batch_size={global_batch} must be a multiple of the "
+                         f"{count} processes (each feeds an equal share)")
+  return global_batch // count
+
+
+class _ProcessShard(grain.MapDataset):
+  """Elements of the global batches that fall to one process, in order.
+
+  Global batch ``k`` is made of parent elements ``[k B, (k + 1) B)``; process
+  ``p`` of ``P`` takes the contiguous block ``[k B + p b, k B + (p + 1) b)``
+  with ``b = B / P``. The global batch assembled from the processes' blocks
+  (in process order, as the data axis of the mesh runs) is therefore the same
+  as the batch a single process reads, and each element keeps its parent index,
+  so its random augmentation (derived from the seed and that index) is the same.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+    super().__init__(parent)
+    self._global, self._local = global_batch, global_batch // count
+    self._offset = index * self._local
+    self._length = len(parent) // global_batch * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, i: int) -> int:
+    k, j = divmod(i, self._local)
+    return k * self._global + self._offset + j
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices: Sequence[int]):
+    return self._parent._getitems([self._parent_index(i) for i in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f"_ProcessShard(block {self._offset}:{self._offset + self._local} of {self._global})"
+
+
+def shard_dataset(ds: grain.MapDataset, global_batch: int, index: int | None = None,
+                  count: int | None = None) -> grain.MapDataset:
+  """The elements of ``ds`` that process ``index`` of ``count`` batches (see ``_ProcessShard``).
+
+  Batch the result with ``global_batch / count``. Returns ``ds`` itself for one process.
+  """
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  if count == 1:
+    return ds
+  local_batch_size(global_batch, count)
+  return _ProcessShard(ds, global_batch, index, count)
+
+
+def local_copy(tree: Any) -> Any:
+  """A pytree of replicated global arrays as arrays on this process's first device.
+
+  Per-process work (held-out evaluation) then runs without cross-process
+  collectives. Single-process arrays are returned unchanged.
+  """
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
