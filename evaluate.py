@@ -4,6 +4,9 @@
     python evaluate.py --workdir DIR --mode submission      # ISBI test-volume.tif -> submission.tif
     python evaluate.py --workdir DIR --mode predict --input IMAGES --out OUT
 
+Exit status: 0 = done; 1 = predict mode skipped some files (listed at the end,
+the others were written); 2 = a user error before any work (one line).
+
 The config saved in the workdir (``config.json``) is used unless ``--config``
 is given (its architecture must match the checkpoint's). This file is
 intentionally kept short: the logic is in unet_jax/evaluation.py.
@@ -32,6 +35,8 @@ flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmen
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
 flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
                   "(default: heldout if the config has heldout_indices, else val).")
+flags.DEFINE_float("threshold", 0.5, "predict: p(cell) above which a pixel is cell (mask, labels).")
+flags.DEFINE_bool("overwrite", False, "predict: replace existing result files in --out.")
 
 
 def _config(saved):
@@ -90,8 +95,14 @@ def main(argv):
   else:
     if not FLAGS.input:
       raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")
-    written = evaluation.predict_files(model, variables, FLAGS.input, out, config, **kwargs)
-    print(f"wrote {len(written)} files to {out}")
+    from unet_jax import predict
+    import sys
+    files = predict.list_inputs(FLAGS.input)
+    result = predict.predict_files(model, variables, FLAGS.input, out, config,
+                                   threshold=FLAGS.threshold, overwrite=FLAGS.overwrite,
+                                   echo=lambda line: print(line, file=sys.stderr), **kwargs)
+    print(result.summary(len(files), out))
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -338,11 +338,13 @@ def _probabilities(model: nn.Module, variables: Any, tiles: jax.Array) -> jax.Ar
 
 
 def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size: int,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False,
+                on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Runs ``tiles`` [N, T, T, C] through the net in fixed-size batches.
 
   The last batch is zero-padded to ``batch_size`` so every call has the same
   shape: one compilation per (model, tile size, batch size), none per image.
+  ``on_tiles(done, total)`` is called after every batch (progress of large images).
 
   Returns:
     float32 probabilities ``[N, out, out, K]``.
@@ -359,6 +361,8 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
                                               batch.dtype)])
     outs.append(np.asarray(_probabilities(model, variables, jnp.asarray(batch))))
+    if on_tiles is not None:
+      on_tiles(min(s + batch_size, n), n)
   return np.concatenate(outs)[:n]
 
 
@@ -395,7 +399,8 @@ def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
 
 def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
                   tile_size: int | None = None, batch_size: int = 4, tta: bool = False,
-                  memory_budget: int | None = None, progress: bool = False) -> np.ndarray:
+                  memory_budget: int | None = None, progress: bool = False,
+                  on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Softmax probabilities of an image of any size by overlap-tile inference.
 
   Args:
@@ -411,6 +416,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
       dihedral group), each mapped back before averaging.
     memory_budget: bytes for ``tile_size=None``; None = ``default_memory_budget()``.
     progress: show a tqdm progress bar over the batches.
+    on_tiles: called as ``on_tiles(done, total)`` after every batch of tiles
+      (all TTA views together), e.g. to move a caller's progress bar.
   Returns:
     float32 ``[H, W, K]`` softmax probabilities.
   Raises:
@@ -428,7 +435,7 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth) for v in views]
   # All views' tiles go through one batched loop: full batches, one compilation.
   tiles = np.concatenate([extract_tiles(pad_image(v, p), p) for v, p in zip(views, plans)])
-  outputs = run_batched(model, variables, tiles, batch_size, progress)
+  outputs = run_batched(model, variables, tiles, batch_size, progress, on_tiles)
   total = np.zeros((h, w, outputs.shape[-1]), np.float32)
   start = 0
   for (k, flip), plan in zip(transforms, plans):
