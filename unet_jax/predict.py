@@ -280,6 +280,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   params = dataclasses.replace(instances.InstanceParams.from_config(config),
                                threshold=float(threshold))
   tile = tile_size or evaluation.eval_tile_size(config, model.depth)
+  tiling.check_tile_size(tile, model.depth)  # a bad --tile_size fails every file: say so once
   batch = int(config.get("eval_batch_size", 4))
   say = echo or (lambda _: None)
   result = PredictResult()
