@@ -6,14 +6,12 @@ checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from unet_jax import cli, config_lib
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/synthetic.py",
-                                "Training config file.", lock_config=True)
+cli.define_config_file("config", "configs/synthetic.py", "Training config file.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and curves.")
 flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's time; "
                   "write nothing.")

@@ -69,10 +69,35 @@ def test_too_small_eval_tile(tmp_path):
   assert_clean_error(proc, "eval_tile_size", "204")
 
 
-def test_unknown_config_field(tmp_path):
-  proc = run_cli(*TINY, "--config.tile_sise=60", f"--workdir={tmp_path}")
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert "tile_sise" in proc.stderr and "configs/default.py" in proc.stderr
+@pytest.mark.parametrize("args,needles", [
+    (["--config.tile_sise=60"], ["tile_sise", "tile_size", "configs/default.py"]),
+    (["--config.tile_size=abc"], ["--config.tile_size=abc", "invalid literal"]),
+    (["--dry_run=maybe"], ["--dry_run=maybe"]),
+    (["--no_such_flag"], ["no_such_flag"]),
+    (["--config.num_steps=0"], ["--config.num_steps=0", "must be >= 1"]),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, args, needles):
+  assert_clean_error(run_cli(*TINY, *args, f"--workdir={tmp_path}"), *needles)
+
+
+def test_default_config_with_unknown_field(tmp_path):
+  # No --config: the default file is loaded while the flag is defined.
+  assert_clean_error(run_cli("train.py", "--config.tile_sise=60", f"--workdir={tmp_path}"),
+                     "tile_sise")
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "config file not found"),
+    ("def get_config(:\n", "syntax error at line 1"),
+    ("x = 1\n", "no get_config()"),
+    ("def get_config():\n  raise RuntimeError('boom')\n", "RuntimeError: boom"),
+])
+def test_missing_or_broken_config_file(tmp_path, content, needle):
+  path = tmp_path / "my_config.py"
+  if content is not None:
+    path.write_text(content)
+  proc = run_cli("train.py", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  assert_clean_error(proc, str(path), needle)
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])

@@ -143,13 +143,56 @@ def evaluate_split(model, variables: Any, data, config, *,
   start = time.perf_counter()
   probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
                          progress=progress)
-  cell_probs = [p[..., 1] for p in probs]
-  scores, curves, masks = score_predictions(cell_probs, data, config, warping=warping)
+  num_classes = probs[0].shape[-1] if probs else 2
+  if num_classes == 2:
+    cell_probs = [p[..., 1] for p in probs]
+    scored = data
+  else:
+    # K > 2 classes (own data, mask_kind "classes"): the instance scores see
+    # every non-background class as "cell"; the classes get their IoU below.
+    cell_probs = [1.0 - p[..., 0] for p in probs]
+    scored = _foreground_view(data, num_classes)
+  scores, curves, masks = score_predictions(cell_probs, scored, config, warping=warping)
+  if num_classes > 2:
+    scores.update(class_iou(probs, data.labels, num_classes))
   scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
   scores = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in scores.items()}
   if out_dir is not None:
-    write_report(out_dir, scores, curves, data, cell_probs, masks, tta=tta)
+    write_report(out_dir, scores, curves, scored, cell_probs, masks, tta=tta)
   return scores
+
+
+def _foreground_view(data, num_classes: int):
+  """``data`` with labels 1 = any class in 1..K-1, 0 = background, -1 = ignore."""
+  import types
+  labels = [np.where((lab >= 1) & (lab < num_classes), 1, np.where(lab == 0, 0, -1))
+            .astype(np.int32) for lab in data.labels]
+  return types.SimpleNamespace(images=data.images, labels=labels, instances=data.instances,
+                               names=data.names, dataset=data.dataset)
+
+
+def class_iou(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int
+              ) -> dict[str, float]:
+  """IoU of the most probable class against the labels, per class and the mean over 1..K-1.
+
+  Args:
+    probs: ``[H, W, K]`` per image; labels: int ``[H, W]`` (outside [0, K) = ignored).
+  Returns:
+    ``{"iou_class_k": ..., "mean_iou": ...}`` over all images' pixels pooled.
+  """
+  inter = np.zeros(num_classes)
+  union = np.zeros(num_classes)
+  for p, lab in zip(probs, labels):
+    valid = (lab >= 0) & (lab < num_classes)
+    pred = np.argmax(p, -1)[valid]
+    gt = lab[valid]
+    for k in range(num_classes):
+      inter[k] += np.sum((pred == k) & (gt == k))
+      union[k] += np.sum((pred == k) | (gt == k))
+  iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+  out = {f"iou_class_{k}": float(iou[k]) for k in range(num_classes)}
+  out["mean_iou"] = float(np.nanmean(iou[1:])) if np.any(union[1:] > 0) else float("nan")
+  return out
 
 
 # --------------------------------------------------------------------------

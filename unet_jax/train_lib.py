@@ -29,8 +29,9 @@ from unet_jax import checkpoint
 from unet_jax import config_lib
 from unet_jax import layers
 from unet_jax import parallel
+from unet_jax import run_control
 from unet_jax import model as model_lib
-from unet_jax.errors import NonFiniteError, UserInputError
+from unet_jax.errors import Interrupted, NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
 from unet_jax.monitoring import RunMonitor
 
@@ -188,7 +189,7 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_test"
+    probe = path / f".write_test.{os.getpid()}"  # per process: concurrent runs never collide
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -267,7 +268,10 @@ def _data_parallel_mesh(config: ml_collections.ConfigDict):
 
 
 def _primary_metric(config: ml_collections.ConfigDict) -> str:
-  """Held-out score that picks the best checkpoint: SEG for instance (cell) data."""
+  """Held-out score that picks the best checkpoint: SEG for instance (cell) data,
+  the mean class IoU for K > 2 classes."""
+  if config.num_classes > 2:
+    return "mean_iou"
   return "vrand" if config.dataset in ("isbi2012", "synthetic") else "seg"
 
 
@@ -281,11 +285,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Returns:
     The final train state.
   """
+  config_lib.validate(config)
+  workdir = prepare_workdir(workdir)
+  # One training per workdir; Ctrl-C / SIGTERM save a checkpoint after the current step.
+  with run_control.WorkdirLock(workdir), run_control.StopOnSignal() as stop:
+    return _train(config, workdir, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           stop: run_control.StopOnSignal) -> TrainState:
+  """The body of ``train_and_evaluate``, run while holding the workdir lock."""
   from unet_jax import data as data_lib
   from unet_jax import datasets
 
-  config_lib.validate(config)
-  workdir = prepare_workdir(workdir)
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
@@ -334,6 +346,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         last_ckpt = step
       if val_data is not None and (step % config.eval_every == 0 or step == config.num_steps):
         best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
+      if stop.requested:
+        if last_ckpt != step:
+          checkpoint.save(manager, step, state, data_iter)
+        raise Interrupted(stop.signum, step)
   finally:
     monitor.close()
     manager.close()
