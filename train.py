@@ -2,7 +2,7 @@
 
 This file is intentionally kept short: flags in, library call out. The logic is
 in unet_jax/train_lib.py. Re-running the same command resumes from the latest
-checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
+checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time (no data needed).
 """
 
 from absl import app, flags
@@ -24,11 +24,12 @@ def main(argv):
   config = FLAGS.config
   config_lib.validate(config)
   if FLAGS.dry_run:
-    from unet_jax import datasets
-    data = datasets.load_split(config, "train")
+    channels, note = train_lib.dry_run_channels(config)
     with config.unlocked():
-      config.in_channels = int(data.num_channels)
+      config.in_channels = channels
     print(config)
+    if note:
+      print(note)
     report = train_lib.dry_run(config)
     print(f"parameters:            {report['parameters']:,}")
     print(f"input tile:            {report['input_tile']} x {report['input_tile']} "

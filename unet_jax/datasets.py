@@ -574,7 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--config", required=True, help="config file, e.g. configs/synthetic.py")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--data_dir", default=None, help="overrides config.data_dir")
-  d = sub.add_parser("download", help="fetch a dataset from its official source")
+  d = sub.add_parser("download", help="fetch a dataset from its official source",
+                     description="Fetch a dataset from its official source.",
+                     epilog=download.citations_text(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
   d.add_argument("--dataset", required=True, choices=sorted(download.SOURCES))
   d.add_argument("--dest", required=True, help="data folder (then --config.data_dir=DEST)")
   d.add_argument("--url-base", default=os.environ.get("UNET_JAX_DOWNLOAD_URL"),

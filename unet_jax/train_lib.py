@@ -220,6 +220,25 @@ def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
           "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
 
 
+def dry_run_channels(config: ml_collections.ConfigDict) -> tuple[int, str | None]:
+  """Input channels for a dry run, which needs no data: ``(channels, note or None)``.
+
+  ``config.in_channels`` if set; 1 for the built-in datasets (all grey); for
+  own data the first training images' channels if they can be read, else 1
+  with a note.
+  """
+  if int(config.get("in_channels", 0) or 0) > 0:
+    return int(config.in_channels), None
+  if config.dataset != "folder":
+    return 1, None
+  from unet_jax import datasets
+  try:
+    return int(datasets.load_split(config, "train").num_channels), None
+  except UserInputError as e:
+    return 1, (f"note: the data cannot be read ({e}); sizes are for in_channels=1 "
+               "(set --config.in_channels)")
+
+
 def dry_run(config: ml_collections.ConfigDict) -> dict:
   """Sizes, parameter count, compiled peak-memory estimate and one step's time.
 
