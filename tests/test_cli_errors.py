@@ -139,3 +139,18 @@ def test_dry_run_prints_sizes_and_writes_nothing(tmp_path):
                  "estimated peak memory", "one train step"):
     assert needle in out, (needle, out[-2000:])
   assert not (tmp_path / "w").exists()
+
+
+def test_dry_run_needs_no_data(tmp_path):
+  proc = run_cli("train.py", "--config", "configs/isbi.py", "--config.dataset=folder",
+                 f"--config.data_dir={tmp_path / 'nothing'}", "--config.features=2",
+                 "--config.tile_size=204", "--dry_run", env={"UNET_JAX_DATA": ""})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "sizes are for in_channels=1" in proc.stdout and "one train step" in proc.stdout
+
+
+def test_download_help_names_the_citations():
+  proc = run_cli("-m", "unet_jax.datasets", "download", "--help")
+  assert proc.returncode == 0
+  for needle in ("Arganda-Carreras", "Cardona", "Ulman", "Cell Tracking Challenge"):
+    assert needle in proc.stdout
