@@ -11,9 +11,9 @@ and ``a.tif`` never collide:
                            cell (cell interior for ISBI-like models)
 ``NAME.EXT_mask.tif``      uint8: 2 classes: 255 where p(cell) > threshold, else
                            0; K > 2 classes: the most probable class id
-``NAME.EXT_labels.tif``    instances: 4-connected components of the mask's
-                           foreground (touching-cell gaps filled); uint16, or
-                           uint32 past 65,535 objects; 0 = background
+``NAME.EXT_labels.tif``    instances of the mask's foreground, made as
+                           ``config.instances`` says (:mod:`unet_jax.instances`);
+                           uint16, or uint32 past 65,535 objects; 0 = background
 ``NAME.EXT_overlay.png``   the image with the objects outlined, at the image's
                            own aspect; images above ``OVERLAY_MAX`` px are
                            downscaled and get a full-resolution centre crop
