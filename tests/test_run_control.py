@@ -70,8 +70,10 @@ def test_signal_saves_and_the_rerun_resumes_bit_identically(tiny_config, tmp_pat
   metrics = tmp_path / "run" / "metrics.jsonl"
   deadline = time.time() + 600  # generous: a loaded CI machine, not a timing assert
   while time.time() < deadline and proc.poll() is None:
-    if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-      break
+    if metrics.is_file() and sum(json.loads(line).get("split") == "train"
+                                 for line in metrics.read_text().splitlines()
+                                 if line.strip()) >= 3:
+      break  # three steps done (log_every=1)
     time.sleep(0.05)
   assert proc.poll() is None, proc.stderr.read()[-2000:]
   proc.send_signal(signum)
