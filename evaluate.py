@@ -5,6 +5,9 @@
     python evaluate.py --workdir DIR --mode predict --input IMAGES --out OUT
     python evaluate.py --onnx MODEL.onnx --mode predict --input IMAGES --out OUT   # exported model
 
+Exit status: 0 = done; 1 = predict mode skipped some files (listed at the end,
+the others were written); 2 = a user error before any work (one line).
+
 The config saved in the workdir (``config.json``) is used unless ``--config``
 is given (its architecture must match the checkpoint's). This file is
 intentionally kept short: the logic is in unet_jax/evaluation.py.
@@ -13,14 +16,12 @@ intentionally kept short: the logic is in unet_jax/evaluation.py.
 import pathlib
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from unet_jax import cli
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (default: the workdir's "
-                                "config.json).", lock_config=True)
+cli.define_config_file("config", None, "Config file (default: the workdir's config.json).")
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_enum("mode", "heldout", ["heldout", "submission", "predict"],
                   "heldout: score the val split; submission: ISBI challenge TIFF; "
@@ -35,6 +36,8 @@ flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to
                   "(default: heldout if the config has heldout_indices, else val).")
 flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
                     "unet_jax.export) with onnxruntime instead of a workdir's checkpoint.")
+flags.DEFINE_float("threshold", 0.5, "predict: p(cell) above which a pixel is cell (mask, labels).")
+flags.DEFINE_bool("overwrite", False, "predict: replace existing result files in --out.")
 
 
 def _config(saved):
@@ -102,8 +105,15 @@ def main(argv):
   else:
     if not FLAGS.input:
       raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")
-    written = evaluation.predict_files(model, variables, FLAGS.input, out, config, **kwargs)
-    print(f"wrote {len(written)} files to {out}")
+    import sys
+
+    from unet_jax import predict
+    files = predict.list_inputs(FLAGS.input)
+    result = predict.predict_files(model, variables, FLAGS.input, out, config,
+                                   threshold=FLAGS.threshold, overwrite=FLAGS.overwrite,
+                                   echo=lambda line: print(line, file=sys.stderr), **kwargs)
+    print(result.summary(len(files), out))
+    return result.exit_code
 
 
 if __name__ == "__main__":

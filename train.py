@@ -2,18 +2,17 @@
 
 This file is intentionally kept short: flags in, library call out. The logic is
 in unet_jax/train_lib.py. Re-running the same command resumes from the latest
-checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time.
+checkpoint in DIR. ``--dry_run`` prints sizes, memory and one step's time (no
+data needed).
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from unet_jax import cli
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/synthetic.py",
-                                "Training config file.", lock_config=True)
+cli.define_config_file("config", "configs/synthetic.py", "Training config file.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and curves.")
 flags.DEFINE_bool("dry_run", False, "Print config, sizes, memory and one step's time; "
                   "write nothing.")
@@ -28,10 +27,11 @@ def main(argv):
   config_lib.validate(config)
   cli.initialize_distributed()  # before anything touches the devices
   if FLAGS.dry_run:
-    from unet_jax import datasets
-    data = datasets.load_split(config, "train")
-    config = config_lib.resolve(config, data.num_channels)
+    channels, note = train_lib.dry_run_channels(config)
+    config = config_lib.resolve(config, channels)
     print(config)
+    if note:
+      print(note)
     report = train_lib.dry_run(config)
     print(f"parameters:            {report['parameters']:,}")
     print(f"input tile:            {report['input_tile']} x {report['input_tile']} "

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.heldout_indices = ""        # reported held-out split (never used to select); "" = none
   c.ctc_sequences = "01"        # Cell Tracking Challenge sequences, e.g. "01,02"
   c.ctc_truth = "st"            # CTC masks: st (silver truth, all frames) | gt (gold, sparse)
+  c.mask_kind = "binary"        # folder dataset masks: binary | instances | classes (K = num_classes)
   c.cache_dir = ""              # weight-map cache; "" = $UNET_JAX_CACHE or ~/.cache/unet_jax
   c.num_workers = 0             # grain worker processes (0 = in the main process)
   c.synthetic = ml_collections.ConfigDict()

@@ -5,6 +5,7 @@ turns it into one line on stderr and exit code 2 (checked once end to end).
 Flag parsing errors are checked in-process on a private ``FlagValues``.
 """
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -24,6 +25,26 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+TINY = ["train.py", "--config", "configs/tiny.py", "--config.eval_every=0"]
+
+
+def run_cli(*args, timeout=300, env=None):
+  """Runs a top-level script like a user would; returns CompletedProcess."""
+  full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=full_env)
+
+
+def assert_clean_error(proc, *needles):
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  err = proc.stderr.strip().splitlines()[-1]
+  assert err.startswith("error: "), proc.stderr[-3000:]
+  for needle in needles:
+    assert needle in err, (needle, err)
+  return err
 
 
 def _isbi_folder(tmp_path, **kw):
@@ -81,6 +102,37 @@ def test_invalid_tile_sizes_name_the_valid_ones(field, value, needles):
   with pytest.raises(UserInputError) as e:
     config_lib.validate(c)
   assert all(n in str(e.value) for n in needles), str(e.value)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--config.tile_sise=60"], ["tile_sise", "tile_size", "configs/default.py"]),
+    (["--config.tile_size=abc"], ["--config.tile_size=abc", "invalid literal"]),
+    (["--dry_run=maybe"], ["--dry_run=maybe"]),
+    (["--no_such_flag"], ["no_such_flag"]),
+    (["--config.num_steps=0"], ["--config.num_steps=0", "must be >= 1"]),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, args, needles):
+  assert_clean_error(run_cli(*TINY, *args, f"--workdir={tmp_path}"), *needles)
+
+
+def test_default_config_with_unknown_field(tmp_path):
+  # No --config: the default file is loaded while the flag is defined.
+  assert_clean_error(run_cli("train.py", "--config.tile_sise=60", f"--workdir={tmp_path}"),
+                     "tile_sise")
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "config file not found"),
+    ("def get_config(:\n", "syntax error at line 1"),
+    ("x = 1\n", "no get_config()"),
+    ("def get_config():\n  raise RuntimeError('boom')\n", "RuntimeError: boom"),
+])
+def test_missing_or_broken_config_file(tmp_path, content, needle):
+  path = tmp_path / "my_config.py"
+  if content is not None:
+    path.write_text(content)
+  proc = run_cli("train.py", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  assert_clean_error(proc, str(path), needle)
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
@@ -171,3 +223,16 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+def test_dry_run_needs_no_data(tmp_path):
+  proc = run_cli("train.py", "--config", "configs/isbi.py", "--config.dataset=folder",
+                 f"--config.data_dir={tmp_path / 'nothing'}", "--config.features=2",
+                 "--config.tile_size=204", "--dry_run", env={"UNET_JAX_DATA": ""})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "sizes are for in_channels=1" in proc.stdout and "one train step" in proc.stdout
+
+
+def test_download_help_names_the_citations():
+  proc = run_cli("-m", "unet_jax.data_tool", "download", "--help")
+  assert proc.returncode == 0
+  for needle in ("Arganda-Carreras", "Cardona", "Ulman", "Cell Tracking Challenge"):
+    assert needle in proc.stdout

@@ -133,24 +133,75 @@ def test_ctc_gold_truth_uses_annotated_frames(tmp_path):
   assert datasets.load_split(c, "train").names == ["01/t001", "01/t004"]
 
 
-def test_folder_dataset(tmp_path):
+def _folder(tmp_path, masks, images=None):
   rng = np.random.default_rng(0)
-  (tmp_path / "images").mkdir()
-  (tmp_path / "masks").mkdir()
+  (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+  (tmp_path / "masks").mkdir(exist_ok=True)
+  for name, mask in masks.items():
+    image = rng.integers(0, 255, mask.shape + (3,), dtype=np.uint8) if images is None \
+        else images[name]
+    Image.fromarray(image).save(tmp_path / "images" / f"{name}.png")
+    tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", mask)
+
+
+def test_folder_dataset_binary_and_instances(tmp_path):
   binary = np.zeros((20, 30), np.uint8)
   binary[2:6, 2:6] = binary[10:15, 10:25] = 255
+  _folder(tmp_path / "b", {"a": binary, "b": binary // 255})
+  data = datasets.load_split(_config("folder", tmp_path / "b"), "train")
+  assert data.names == ["a", "b"] and data.num_channels == 3
+  assert data.instances[0].max() == 2
+  np.testing.assert_array_equal(data.labels[1], binary > 0)
   inst = np.zeros((20, 30), np.uint16)
   inst[0:10, 0:10], inst[10:20, 0:10] = 5, 9  # touching instances stay separate
-  Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "images/a.png")
-  tifffile.imwrite(tmp_path / "images/b.tif", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
-  Image.fromarray(binary).save(tmp_path / "masks/a.png")
-  tifffile.imwrite(tmp_path / "masks/b.tif", inst)
-  data = datasets.load_split(_config("folder", tmp_path), "train")
-  assert data.names == ["a", "b"] and data.num_channels == 3
-  assert data.instances[0].max() == 2 and set(np.unique(data.instances[1])) == {0, 5, 9}
+  _folder(tmp_path / "i", {"a": inst})
+  c = _config("folder", tmp_path / "i")
+  c.mask_kind = "instances"
+  data = datasets.load_split(c, "train")
+  assert set(np.unique(data.instances[0])) == {0, 5, 9}
   gap = np.zeros_like(inst, bool)
   gap[9:11, 0:10] = True  # rows 9 and 10: where instances 5 and 9 touch
-  np.testing.assert_array_equal(data.labels[1], (inst > 0) & ~gap)
+  np.testing.assert_array_equal(data.labels[0], (inst > 0) & ~gap)
+
+
+def test_folder_mask_of_three_values_is_not_silently_binary(tmp_path):
+  mask = np.zeros((20, 30), np.uint8)
+  mask[2:8, 2:8], mask[10:15, 10:25] = 1, 2
+  _folder(tmp_path, {"cells": mask})
+  with pytest.raises(UserInputError, match=r"cells.tif: mask_kind='binary' but the mask holds 3 "
+                     r"values \[0, 1, 2\].*mask_kind=instances.*num_classes=3"):
+    datasets.load_split(_config("folder", tmp_path), "train")
+  c = _config("folder", tmp_path)
+  c.mask_kind, c.num_classes = "classes", 3
+  data = datasets.load_split(c, "train")
+  np.testing.assert_array_equal(data.labels[0], mask)
+  assert data.instances[0].max() == 2  # one object per class here
+  c.num_classes = 2
+  with pytest.raises(UserInputError, match=r"num_classes=2 but the mask holds \[2\]"):
+    datasets.load_split(c, "train")
+
+
+def test_folder_mixed_channels_and_palette_images(tmp_path):
+  rng = np.random.default_rng(0)
+  grey = rng.integers(0, 255, (20, 30), dtype=np.uint8)
+  rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+  mask = np.zeros((20, 30), np.uint8)
+  mask[3:9, 3:9] = 1
+  _folder(tmp_path, {"g": mask, "c": mask}, images={"g": grey, "c": rgb})
+  with pytest.raises(UserInputError, match=r"different channel counts \[1, 3\].*in_channels"):
+    datasets.load_split(_config("folder", tmp_path), "train")
+  c = _config("folder", tmp_path)
+  c.in_channels = 1
+  data = datasets.load_split(c, "train")
+  from skimage.color import rgb2gray
+  np.testing.assert_allclose(data.images[0][..., 0], datasets.normalize(rgb2gray(rgb))[..., 0],
+                             atol=1e-4)  # "c" sorts first; RGB -> luminance
+  # A palette mask: its indices are the labels, not its colours.
+  pal = Image.fromarray(mask, "P")
+  pal.putpalette([0, 0, 0, 255, 0, 255] + [0] * 762)
+  (tmp_path / "masks" / "g.tif").unlink()
+  pal.save(tmp_path / "masks" / "g.png")
+  np.testing.assert_array_equal(datasets.load_split(c, "train").labels[1], mask)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -91,34 +91,6 @@ def test_write_submission_shape_and_dtype(tiny_config, tmp_path):
   assert 0 <= stack.min() and stack.max() <= 1
 
 
-def test_predict_files_on_a_folder(tiny_config, tmp_path):
-  from PIL import Image
-  model, variables = _net(2, 4)
-  rng = np.random.default_rng(0)
-  inputs = tmp_path / "in"
-  inputs.mkdir()
-  tifffile.imwrite(inputs / "stack.tif", rng.integers(0, 255, (3, 25, 31), dtype=np.uint8))
-  Image.fromarray(rng.integers(0, 255, (33, 20, 3), dtype=np.uint8)).save(inputs / "rgb.png")
-  written = evaluation.predict_files(model, variables, inputs, tmp_path / "out", tiny_config,
-                                     progress=False)
-  names = sorted(p.name for p in written)
-  assert "stack_prob.tif" in names and "rgb_labels.tif" in names
-  assert "stack_p002_overlay.png" in names and "rgb_overlay.png" in names
-  assert tifffile.imread(tmp_path / "out" / "stack_prob.tif").shape == (3, 25, 31)
-  labels = tifffile.imread(tmp_path / "out" / "rgb_labels.tif")
-  assert labels.shape == (33, 20) and labels.dtype == np.int32
-
-
-def test_bad_inputs_are_user_errors(tmp_path):
-  from unet_jax.errors import UserInputError
-  with pytest.raises(UserInputError, match="not found"):
-    evaluation.list_inputs(tmp_path / "missing.tif")
-  with pytest.raises(UserInputError, match="no .tif"):
-    evaluation.list_inputs(tmp_path)
-  with pytest.raises(UserInputError, match="channel"):
-    evaluation.split_pages(np.zeros((2, 3, 4, 5)), 1, "x.tif")
-
-
 def test_safe_name():
   assert evaluation.safe_name("train-volume.tif:25") == "train-volume.tif_25"
 
@@ -169,16 +141,51 @@ def test_loaded_model_heldout_submission_and_predict(workdir, tmp_path):
   stack = tifffile.imread(evaluation.write_submission(model, variables, volume,
                                                      tmp_path / "submission.tif", config))
   assert stack.shape == (2, 40, 40) and stack.dtype == np.float32
+  from unet_jax import predict
   image = tmp_path / "cells.tif"
   tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8))
-  evaluation.predict_files(model, variables, image, tmp_path / "out", config, tta=True,
-                           tile_size=48, progress=False)
-  assert tifffile.imread(tmp_path / "out" / "cells_prob.tif").shape == (37, 45)
-  assert (tmp_path / "out" / "cells_overlay.png").is_file()
+  predict.predict_files(model, variables, image, tmp_path / "out", config, tta=True,
+                        tile_size=48, progress=False)
+  probs = tifffile.imread(tmp_path / "out" / "cells.tif_prob.tif")
+  assert probs.shape == (2, 37, 45) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+  assert (tmp_path / "out" / "cells.tif_overlay.png").is_file()
   with pytest.raises(UserInputError, match="not found"):
-    evaluation.predict_files(model, variables, tmp_path / "nope.tif", tmp_path / "o", config)
+    predict.predict_files(model, variables, tmp_path / "nope.tif", tmp_path / "o", config)
   with pytest.raises(UserInputError, match="44 or 48"):
-    evaluation.predict_files(model, variables, image, tmp_path / "o", config, tile_size=47)
+    predict.predict_files(model, variables, image, tmp_path / "o", config, tile_size=47)
+
+
+def _evaluate(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
+  """A folder with a broken file: the others are written, the summary names it, exit 1."""
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  image = np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8)
+  tifffile.imwrite(inputs / "cells.tif", image)
+  (inputs / "empty.tif").write_bytes(b"")
+  out = tmp_path / "out"
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
+                  f"--out={out}", "--tta", "--tile_size=48")
+  assert run.returncode == 1, run.stderr
+  assert "Traceback" not in run.stderr
+  assert "1 of 2 files segmented" in run.stdout and "empty.tif is empty" in run.stdout
+  probs = tifffile.imread(out / "cells.tif_prob.tif")
+  assert probs.shape == (2, 37, 45) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+  assert (out / "cells.tif_overlay.png").is_file()
+  # Outputs are never overwritten silently; --out inside --input is refused.
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
+                  f"--out={out}", "--tile_size=48")
+  assert run.returncode == 2 and "--overwrite" in run.stderr
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
+                  f"--out={inputs / 'res'}", "--tile_size=48")
+  assert run.returncode == 2 and "inside the input folder" in run.stderr
 
 
 @pytest.mark.slow

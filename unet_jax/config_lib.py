@@ -26,6 +26,7 @@ ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels", "padding")
 # those runs (so their workdirs still load).
 FIELDS_ADDED_LATER = {
     "classifier_init_scale": 1.0, "heldout_indices": "", "padding": "valid",
+    "mask_kind": "binary",
     # the paper's way: 4-connected components of p(cell) > 0.5
     "instances": {"method": "components", "threshold": 0.5, "seed_threshold": 0.9,
                   "seed_radius": 2, "min_size": 0, "fill_gaps": True},
@@ -57,6 +58,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("dtype", c.dtype, f"must be one of {DTYPES}")
   if c.num_classes < 2:
     _fail("num_classes", c.num_classes, "must be >= 2")
+  kind = c.mask_kind
+  if kind not in ("binary", "instances", "classes"):
+    _fail("mask_kind", kind, "must be 'binary', 'instances' or 'classes'")
+  if c.get("dataset") == "folder" and kind != "classes" and c.num_classes != 2:
+    _fail("num_classes", c.num_classes, f"mask_kind={kind!r} gives 2 classes (background, "
+          "cell); for more classes set --config.mask_kind=classes")
+  if c.get("dataset") != "folder" and c.num_classes != 2:
+    _fail("num_classes", c.num_classes, f"dataset {c.get('dataset')!r} has 2 classes "
+          "(background, cell); more classes need your own masks (dataset 'folder', "
+          "mask_kind 'classes')")
   if c.features < 1:
     _fail("features", c.features, "must be >= 1")
   if not 0.0 <= c.dropout_rate < 1.0:

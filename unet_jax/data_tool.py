@@ -94,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   d = sub.add_parser("download", help="fetch a dataset from its official source",
-                     description=__doc__.split("\n\n")[2].replace("\n", " "))
+                     description=__doc__.split("\n\n")[2].replace("\n", " "),
+                     epilog=download.citations_text(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
   d.add_argument("--dataset", required=True, choices=downloadable() + sorted(ALIASES),
                  help="config.dataset name of the dataset")
   d.add_argument("--dest", required=True, help="data folder (then --config.data_dir=DEST)")

@@ -27,13 +27,26 @@ Datasets (``config.dataset``):
   those frames). Several sequences: ``ctc_sequences = "01,02"`` (frames are
   concatenated in that order). Label 1 = cell (mask > 0), 0 = background.
   8- or 16-bit, LZW-compressed TIFFs are fine (tifffile + imagecodecs).
-- ``folder``: your own data. ``DATA/images/NAME.{tif,tiff,png}`` with a mask of
-  the same stem ``DATA/masks/NAME.{tif,tiff,png}``, sorted by name (the split
-  indices count in that order); optional ``DATA/test/*.{tif,tiff,png}`` for the
-  "test" split. A mask holding only {0, 1} or {0, 255} is binary (cells =
-  non-zero; instances = 4-connected components, so keep a background line
-  between touching cells); any other non-negative integer mask is an instance
-  map (0 = background, k > 0 = cell k). Label 1 = cell, 0 = background.
+- ``folder``: your own data. ``DATA/images/NAME.EXT`` with a mask of the same
+  stem ``DATA/masks/NAME.EXT`` (EXT: tif, tiff, png, jpg, jpeg, bmp, gif; one
+  2-D image per file), sorted by name (the split indices count in that
+  order); optional ``DATA/test/*`` for the "test" split. Images are read by
+  :mod:`unet_jax.image_io` (grey, RGB(A), palette, any bit depth; alpha dropped;
+  mixed grey and RGB need ``config.in_channels``). What a mask holds is declared,
+  not guessed, by ``config.mask_kind``:
+
+  * ``"binary"`` (default): 0 = background and one other value (1, 255, ...) =
+    cell; instances = 4-connected components, so keep a background line
+    between touching cells. Label 1 = cell, 0 = background.
+  * ``"instances"``: 0 = background, k > 0 = cell k (touching cells allowed;
+    they get a 1-px background gap in the labels, paper Fig. 3). Label 1 = cell.
+  * ``"classes"``: class ids 0..K-1 with K = ``config.num_classes`` (0 =
+    background); instances for the border term of Eq. 2 are the 4-connected
+    components of each class.
+
+  A mask that does not fit its kind is an error naming the file and the
+  values found. Masks are read without resolving palettes (the indices are
+  the labels).
 
 Every dataset is one :class:`DatasetSpec` in :data:`SPECS` (reader, default
 held-out split, evaluation protocol, primary metric, download source); every
@@ -64,12 +77,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from unet_jax import synthetic
+from unet_jax import image_io, synthetic
 from unet_jax.errors import UserInputError
 from unet_jax.weight_maps import instances_from_binary, separate_touching
 
 ISBI_FILES = {"train": ("train-volume.tif", "train-labels.tif"), "test": ("test-volume.tif", None)}
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+MASK_KINDS = ("binary", "instances", "classes")
 
 
 @dataclasses.dataclass
@@ -301,20 +314,27 @@ def _read_ctc(name: str, config, split: str) -> Raw:
   return images, masks, None, names
 
 
-def _load_ctc_files(images: list[pathlib.Path], masks: list[pathlib.Path], names: list[str]
-                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _load_ctc_files(config, images: list[pathlib.Path], masks: list[pathlib.Path],
+                    names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], None]:
   """Reads the selected CTC frames and masks (reading is deferred to after the split)."""
-  del names
+  del config, names
   imgs = [read_image_file(p) for p in images]
   insts = [read_image_file(p) for p in masks]
   for m, p in zip(insts, masks):
     _check_integer_mask(m, str(p))
   _check_pairs(imgs, insts, [str(p) for p in images])
-  return imgs, [m.astype(np.int32) for m in insts]
+  return imgs, [m.astype(np.int32) for m in insts], None
 
 
 def _folder_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+  files = image_io.list_images(folder) if folder.is_dir() else []
+  stems: dict[str, pathlib.Path] = {}
+  for p in files:
+    if p.stem in stems:
+      raise UserInputError(f"{stems[p.stem]} and {p.name} have the same name: images and masks "
+                           "are paired by name, so rename one of them")
+    stems[p.stem] = p
+  return files
 
 
 def _read_folder(config, split: str) -> Raw:
@@ -322,11 +342,11 @@ def _read_folder(config, split: str) -> Raw:
   if split == "test":
     files = _folder_files(root / "test")
     if not files:
-      raise UserInputError(f"no images (*.tif, *.tiff, *.png) in {root / 'test'}")
+      raise UserInputError(f"no images ({image_io.describe()}) in {root / 'test'}")
     return files, None, None, [p.stem for p in files]
   images = _folder_files(root / "images")
   if not images:
-    raise UserInputError(f"no images (*.tif, *.tiff, *.png) in {root / 'images'}; "
+    raise UserInputError(f"no images ({image_io.describe()}) in {root / 'images'}; "
                          f"{download_hint('folder', root)}")
   by_stem = {p.stem: p for p in _folder_files(root / "masks")}
   missing = [p.name for p in images if p.stem not in by_stem]
@@ -338,24 +358,100 @@ def _read_folder(config, split: str) -> Raw:
   return images, [by_stem[p.stem] for p in images], None, [p.stem for p in images]
 
 
-def _folder_instances(mask: np.ndarray, name: str) -> np.ndarray:
-  """Binary masks ({0,1} or {0,255}) -> connected components; others are instance maps."""
-  _check_integer_mask(mask, name)
+def _single_page(image: image_io.ImageFile) -> np.ndarray:
+  if len(image.pages) != 1:
+    raise UserInputError(
+        f"{image.path}: {len(image.pages)} pages (axes {image.axes}); the folder dataset takes "
+        "one 2-D image per file: save the pages as separate files")
+  return image.pages[0]
+
+
+def _folder_images(paths: Sequence[pathlib.Path], in_channels: int) -> list[np.ndarray]:
+  """Reads users' images and converts them to one channel count (``image_io`` rule)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  read = [image_io.read_image(p) for p in paths]
+  counts = {im.channels for im in read}
+  channels = int(in_channels or 0)
+  if not channels:
+    if len(counts) > 1:
+      raise UserInputError(
+          f"the images have different channel counts {sorted(counts)} (e.g. "
+          f"{read[0].path.name}: {read[0].channels}); set --config.in_channels=1 (RGB is "
+          "converted to grey) or =3 (grey is repeated)")
+    channels = counts.pop()
+  out = []
+  for im in read:
+    page = image_io.to_channels(_single_page(im), channels, im.rgb, str(im.path), im.notes)
+    for note in im.notes:
+      logging.getLogger(__name__).info("%s: %s", im.path, note)
+    out.append(page)
+  return out
+
+
+def folder_mask(path: pathlib.Path, kind: str, num_classes: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads an own-data mask of the declared ``kind`` (see the module docstring).
+
+  Returns:
+    ``(instances, labels)``: int32 ``[H, W]`` each.
+  Raises:
+    UserInputError: naming the file and the values found if the mask does not
+      fit ``kind``.
+  """
+  mask = _single_page(image_io.read_image(path, resolve_palette=False))
+  if mask.shape[-1] != 1:
+    raise UserInputError(f"{path}: a mask must have one channel, this one has {mask.shape[-1]} "
+                         "(save it as a grey or palette image)")
+  mask = mask[..., 0]
+  if np.issubdtype(mask.dtype, np.floating):
+    if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)):
+      raise UserInputError(f"{path}: a mask must hold integers, found {mask.dtype} values such "
+                           f"as {mask[mask != np.round(mask)][:3].tolist()}")
+    mask = mask.astype(np.int64)
+  if mask.min() < 0:
+    raise UserInputError(f"{path}: a mask must hold non-negative integers, found {mask.min()}")
   values = np.unique(mask)
-  if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
-    return instances_from_binary(mask > 0)
-  return mask.astype(np.int32)
+  shown = values[:8].tolist() + (["..."] if len(values) > 8 else [])
+  if kind == "binary":
+    if len(values[values > 0]) > 1:
+      raise UserInputError(
+          f"{path}: mask_kind='binary' but the mask holds {len(values)} values {shown}: for "
+          "instance maps (0 = background, k = cell k) set --config.mask_kind=instances; for "
+          f"class ids set --config.mask_kind=classes --config.num_classes={int(values.max()) + 1}")
+    instances = instances_from_binary(mask > 0)
+    return instances, (instances > 0).astype(np.int32)
+  if kind == "instances":
+    instances = mask.astype(np.int32)
+    # Touching instances get a background gap (paper Fig. 3); `instances` keep
+    # the full masks, the ground truth of the SEG score.
+    return instances, (separate_touching(instances) > 0).astype(np.int32)
+  if kind == "classes":
+    bad = values[values >= num_classes]
+    if bad.size:
+      raise UserInputError(
+          f"{path}: mask_kind='classes' with num_classes={num_classes} but the mask holds "
+          f"{bad[:8].tolist()} (values found: {shown}); class ids must be 0..{num_classes - 1}: "
+          f"set --config.num_classes={int(values.max()) + 1} or fix the mask")
+    labels = mask.astype(np.int32)
+    instances = np.zeros(mask.shape, np.int32)
+    for k in range(1, num_classes):  # objects of each class, for Eq. 2's border term
+      comp = instances_from_binary(labels == k)
+      instances = np.where(comp > 0, comp + instances.max(), instances)
+    return instances, labels
+  raise UserInputError(f"--config.mask_kind={kind!r}: choose one of {', '.join(MASK_KINDS)}")
 
 
-def _load_folder_files(images: list[pathlib.Path], masks: list[pathlib.Path] | None,
-                       names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-  """Reads the selected images and masks of a ``folder`` dataset."""
-  imgs = [read_image_file(p) for p in images]
+def _load_folder_files(config, images: list[pathlib.Path], masks: list[pathlib.Path] | None,
+                       names: list[str]) -> tuple[list[np.ndarray], list | None, list | None]:
+  """Reads the selected images and masks of a ``folder`` dataset (masks as
+  ``config.mask_kind`` declares them: binary, instances or classes)."""
+  imgs = _folder_images(images, config.in_channels)
   if masks is None:
-    return imgs, None
-  insts = [_folder_instances(read_image_file(p), str(p)) for p in masks]
-  _check_pairs(imgs, insts, names)
-  return imgs, insts
+    return imgs, None, None
+  instances, labels = map(list, zip(*[folder_mask(p, config.mask_kind, config.num_classes)
+                                       for p in masks]))
+  _check_pairs(imgs, instances, names)
+  return imgs, instances, labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,8 +462,9 @@ class DatasetSpec:
     name: the ``config.dataset`` value.
     reader: ``(config, split) -> (images, instances, labels, names)``.
     read_files: None if the reader returns arrays; else the reader returns
-      file paths and ``read_files(images, instances, names) -> (images,
-      instances)`` reads those of the selected split only.
+      file paths and ``read_files(config, images, instances, names) ->
+      (images, instances, labels or None)`` reads those of the selected split
+      only.
     train_indices, val_indices, heldout_indices: the default splits (configs
       use these; docs/conventions.md): training, validation (picks the
       checkpoint) and the reported held-out block ("" = none).
@@ -410,12 +507,13 @@ def spec(dataset: str) -> DatasetSpec:
   return SPECS[dataset]
 
 
-def _materialise(dataset: str, images: list, instances: list | None, labels: list | None,
+def _materialise(config, images: list, instances: list | None, labels: list | None,
                  names: list[str]) -> tuple[list[np.ndarray], list | None, list | None]:
   """Reads deferred files (CTC, folder) and derives labels from instances."""
-  read_files = spec(dataset).read_files
+  read_files = spec(config.dataset).read_files
   if read_files is not None and images:
-    images, instances = read_files(images, instances, names)
+    images, instances, read_labels = read_files(config, images, instances, names)
+    labels = read_labels if read_labels is not None else labels
   if instances is not None and labels is None:
     # Touching instances get a background gap (paper Fig. 3); `instances` keep
     # the full masks, the ground truth of the SEG score.
@@ -450,7 +548,7 @@ def load_split(config, split: str) -> SegmentationData:
                          field=field)
   pick = lambda xs: None if xs is None else [xs[i] for i in keep]
   names = pick(names)
-  images, instances, labels = _materialise(config.dataset, pick(images), pick(instances),
+  images, instances, labels = _materialise(config, pick(images), pick(instances),
                                            pick(labels), names)
   images = [normalize(img) for img in images]
   channels = {img.shape[-1] for img in images}

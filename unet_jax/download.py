@@ -95,6 +95,32 @@ SOURCES = {
 }
 
 
+# What to cite when publishing results on these data (shown by `download --help`).
+CITATIONS = {
+    "isbi2012": (
+        "ISBI 2012 EM segmentation challenge: I. Arganda-Carreras et al., \"Crowdsourcing "
+        "the creation of image segmentation algorithms for connectomics\", Front. Neuroanat. "
+        "9:142 (2015); data: A. Cardona et al., \"An integrated micro- and macroarchitectural "
+        "analysis of the Drosophila brain by computer-assisted serial section electron "
+        "microscopy\", PLoS Biol. 8(10):e1000502 (2010)."),
+    "dic-hela": (
+        "Cell Tracking Challenge (DIC-C2DH-HeLa, data of G. van Cappellen, Erasmus MC): "
+        "V. Ulman et al., \"An objective comparison of cell-tracking algorithms\", Nat. "
+        "Methods 14:1141-1152 (2017); M. Maska et al., \"The Cell Tracking Challenge: 10 "
+        "years of objective benchmarking\", Nat. Methods 20:1010-1020 (2023)."),
+    "phc-u373": (
+        "Cell Tracking Challenge (PhC-C2DH-U373, data of S. Kumar, UC Berkeley): V. Ulman "
+        "et al., Nat. Methods 14:1141-1152 (2017); M. Maska et al., Nat. Methods "
+        "20:1010-1020 (2023)."),
+}
+
+
+def citations_text() -> str:
+  """The citations of every downloadable dataset, for ``--help``."""
+  return "please cite the data providers:\n" + "\n".join(
+      f"  {name}: {text}" for name, text in CITATIONS.items())
+
+
 def file_sha256(path: pathlib.Path) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:

@@ -14,8 +14,8 @@ the eval tile size is ``config.eval_tile_size``.
   V_rand / V_info of those instances against the reference instances. The
   metrics are defined in docs/conventions.md.
 * ``write_submission``: the ISBI 2012 challenge file.
-* ``predict_files``: probability maps, instance labels and overlays for any
-  TIFF / PNG files.
+
+Users' own images (``evaluate.py --mode predict``) are in :mod:`unet_jax.predict`.
 
 Class 1 is "cell" throughout (cell interior for ISBI), so the probability maps
 follow the challenge convention: 1 = cell interior, 0 = membrane/background.
@@ -38,7 +38,6 @@ from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 # --------------------------------------------------------------------------
@@ -143,13 +142,56 @@ def evaluate_split(model, variables: Any, data, config, *,
   start = time.perf_counter()
   probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
                          progress=progress)
-  cell_probs = [p[..., 1] for p in probs]
-  scores, curves, masks = score_predictions(cell_probs, data, config, warping=warping)
+  num_classes = probs[0].shape[-1] if probs else 2
+  if num_classes == 2:
+    cell_probs = [p[..., 1] for p in probs]
+    scored = data
+  else:
+    # K > 2 classes (own data, mask_kind "classes"): the instance scores see
+    # every non-background class as "cell"; the classes get their IoU below.
+    cell_probs = [1.0 - p[..., 0] for p in probs]
+    scored = _foreground_view(data, num_classes)
+  scores, curves, masks = score_predictions(cell_probs, scored, config, warping=warping)
+  if num_classes > 2:
+    scores.update(class_iou(probs, data.labels, num_classes))
   scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
   scores = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in scores.items()}
   if out_dir is not None:
-    write_report(out_dir, scores, curves, data, cell_probs, masks, tta=tta)
+    write_report(out_dir, scores, curves, scored, cell_probs, masks, tta=tta)
   return scores
+
+
+def _foreground_view(data, num_classes: int):
+  """``data`` with labels 1 = any class in 1..K-1, 0 = background, -1 = ignore."""
+  import types
+  labels = [np.where((lab >= 1) & (lab < num_classes), 1, np.where(lab == 0, 0, -1))
+            .astype(np.int32) for lab in data.labels]
+  return types.SimpleNamespace(images=data.images, labels=labels, instances=data.instances,
+                               names=data.names, dataset=data.dataset)
+
+
+def class_iou(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int
+              ) -> dict[str, float]:
+  """IoU of the most probable class against the labels, per class and the mean over 1..K-1.
+
+  Args:
+    probs: ``[H, W, K]`` per image; labels: int ``[H, W]`` (outside [0, K) = ignored).
+  Returns:
+    ``{"iou_class_k": ..., "mean_iou": ...}`` over all images' pixels pooled.
+  """
+  inter = np.zeros(num_classes)
+  union = np.zeros(num_classes)
+  for p, lab in zip(probs, labels):
+    valid = (lab >= 0) & (lab < num_classes)
+    pred = np.argmax(p, -1)[valid]
+    gt = lab[valid]
+    for k in range(num_classes):
+      inter[k] += np.sum((pred == k) & (gt == k))
+      union[k] += np.sum((pred == k) | (gt == k))
+  iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+  out = {f"iou_class_{k}": float(iou[k]) for k in range(num_classes)}
+  out["mean_iou"] = float(np.nanmean(iou[1:])) if np.any(union[1:] > 0) else float("nan")
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -292,122 +334,3 @@ def _write_tiff(path: str | pathlib.Path, array: np.ndarray) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   tifffile.imwrite(path, array, photometric="minisblack")
   return path
-
-
-# --------------------------------------------------------------------------
-# Users' own images.
-# --------------------------------------------------------------------------
-
-
-def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
-  """Image files of a file, a folder (its .tif/.tiff/.png files, sorted) or a list."""
-  if isinstance(inputs, (str, pathlib.Path)):
-    inputs = [inputs]
-  files = []
-  for item in map(pathlib.Path, inputs):
-    if item.is_dir():
-      found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-      if not found:
-        raise UserInputError(f"no .tif/.tiff/.png images in the folder {item}")
-      files += found
-    elif item.is_file():
-      files.append(item)
-    else:
-      raise UserInputError(f"input not found: {item}")
-  return files
-
-
-def read_pages(path: pathlib.Path) -> np.ndarray:
-  """All pages of a TIFF or (animated) PNG: ``[S, H, W]`` or ``[S, H, W, C]``."""
-  if path.suffix.lower() in (".tif", ".tiff"):
-    return datasets.read_image_file(path)
-  from PIL import Image, ImageSequence
-  try:
-    with Image.open(path) as im:
-      pages = [np.asarray(page.copy()) for page in ImageSequence.Iterator(im)]
-  except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
-    raise UserInputError(f"cannot read {path} ({type(e).__name__}: {e})") from e
-  return pages[0] if len(pages) == 1 else np.stack(pages)
-
-
-def split_pages(array: np.ndarray, channels: int, name: str) -> list[np.ndarray]:
-  """Splits a read file into images ``[H, W]`` / ``[H, W, C]`` for a ``channels``-input net.
-
-  ``[H, W]`` is one image; ``[H, W, channels]`` (or RGB(A), converted to grey
-  for a 1-channel net) is one image; ``[S, H, W]`` is a stack of pages;
-  ``[S, H, W, C]`` a stack of multi-channel pages.
-  """
-  a = np.asarray(array)
-  if a.ndim == 3 and a.shape[-1] in (3, 4) and channels == 1 and min(a.shape[:2]) > 4:
-    return [a[..., :3].astype(np.float32).mean(-1)]  # RGB(A) file for a grey net
-  if a.ndim == 2 or (a.ndim == 3 and channels > 1 and a.shape[-1] == channels):
-    return [a]
-  if a.ndim == 3 and channels == 1:
-    return list(a)
-  if a.ndim == 4 and a.shape[-1] == channels:
-    return list(a)
-  raise UserInputError(f"{name}: cannot read an image with {channels} channel(s) from an "
-                       f"array of shape {a.shape}; expected [H, W], [S, H, W] or [S, H, W, C]")
-
-
-def _input_channels(variables: Any, model: Any = None) -> int:
-  if hasattr(model, "in_channels"):  # an exported graph (unet_jax.onnx_predict.OnnxUNet)
-    return int(model.in_channels)
-  try:
-    return int(variables["params"]["down0_conv0"]["kernel"].shape[2])
-  except (KeyError, TypeError, AttributeError):
-    return 1
-
-
-def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, config,
-                  threshold: float = 0.5, *, tta: bool = False, progress: bool = True,
-                  tile_size: int | None = None) -> list[pathlib.Path]:
-  """Segments users' images of any size.
-
-  For every input file ``NAME`` (a single image or a multi-page TIFF/PNG)
-  writes into ``out_dir``: ``NAME_prob.tif`` (float32 cell probability,
-  ``[H, W]`` or ``[S, H, W]``), ``NAME_labels.tif`` (int32 instances: the
-  4-connected components of ``prob > threshold``, per page) and
-  ``NAME_overlay.png`` (``NAME_pNNN_overlay.png`` per page of a stack).
-
-  Args:
-    inputs: a file, a folder, or a list of files.
-    out_dir: output folder (created).
-    config: as in ``evaluate_split`` (``config.instances`` applies).
-    threshold: cell-probability threshold of the instance labels.
-  Returns:
-    the written files.
-  """
-  files = list_inputs(inputs)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  channels = _input_channels(variables, model)
-  params = dataclasses.replace(instances.InstanceParams.from_config(config),
-                               threshold=threshold)
-  jobs = [(f, split_pages(read_pages(f), channels, str(f))) for f in files]
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=sum(len(pages) for _, pages in jobs), desc="predict", unit="image")
-  written = []
-  for path, pages in jobs:
-    images = [datasets.normalize(p) for p in pages]
-    probs = []
-    for image in images:
-      probs.append(predict_images(model, variables, [image], config, tile_size=tile_size,
-                                  tta=tta)[0][..., 1])
-      if bar is not None:
-        bar.update()
-    labels = [instances.from_probability(p, params) for p in probs]
-    squeeze = (lambda xs: xs[0]) if len(pages) == 1 else np.stack
-    written.append(_write_tiff(out / f"{path.stem}_prob.tif",
-                               squeeze(probs).astype(np.float32)))
-    written.append(_write_tiff(out / f"{path.stem}_labels.tif", squeeze(labels)))
-    for i, (image, prob, lab) in enumerate(zip(images, probs, labels)):
-      page = "" if len(pages) == 1 else f"_p{i:03d}"
-      overlay = out / f"{path.stem}{page}_overlay.png"
-      save_overlay(overlay, image, prob, lab, instances=datasets.spec(config.dataset).protocol == "instance")
-      written.append(overlay)
-  if bar is not None:
-    bar.close()
-  return written

@@ -93,7 +93,15 @@ def weights_for(config, data: SegmentationData, *,
     # Instances restricted to the foreground label: for touching cells (CTC)
     # the separation gap becomes background, where Eq. 2's border term acts.
     inst = np.where(data.labels[i] == 1, data.instances[i], 0)
-    w = weight_maps.weight_map(inst, cw[:2], config.w0, config.sigma)
+    if len(cw) == 2:
+      w = weight_maps.weight_map(inst, cw, config.w0, config.sigma)
+    else:
+      # K > 2 classes: w_c of each pixel's class plus the border term between
+      # the objects of all foreground classes (Eq. 2 on the background only).
+      lab = data.labels[i]
+      inst = np.where((lab >= 1) & (lab < len(cw)), data.instances[i], 0)
+      w = (weight_maps.weight_map(inst, np.zeros(2), config.w0, config.sigma)
+           + cw[np.clip(lab, 0, len(cw) - 1)]).astype(np.float32)
     tmp = paths[i].with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, w)
     os.replace(tmp, paths[i])  # atomic: parallel runs never see half a file

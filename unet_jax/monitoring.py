@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import shutil
 import sys
@@ -138,7 +139,7 @@ class RunMonitor:
     for ax in axes:
       ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = self.workdir / "curves.png.tmp"
+    tmp = self.workdir / f"curves.png.{os.getpid()}.tmp"
     fig.savefig(tmp, dpi=90, format="png")
     tmp.replace(self.workdir / "curves.png")
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -350,11 +350,13 @@ def _probabilities(model: nn.Module, variables: Any, tiles: jax.Array) -> jax.Ar
 
 
 def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size: int,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False,
+                on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Runs ``tiles`` [N, T, T, C] through the net in fixed-size batches.
 
   The last batch is zero-padded to ``batch_size`` so every call has the same
   shape: one compilation per (model, tile size, batch size), none per image.
+  ``on_tiles(done, total)`` is called after every batch (progress of large images).
 
   Returns:
     float32 probabilities ``[N, out, out, K]``.
@@ -371,6 +373,8 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
                                               batch.dtype)])
     outs.append(_forward(model, variables, batch))
+    if on_tiles is not None:
+      on_tiles(min(s + batch_size, n), n)
   return np.concatenate(outs)[:n]
 
 
@@ -432,7 +436,8 @@ def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
 def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
                   tile_size: int | None = None, batch_size: int = 4, tta: bool = False,
                   memory_budget: int | None = None, progress: bool = False,
-                  method: str = "device") -> np.ndarray:
+                  method: str = "auto",
+                  on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Softmax probabilities of an image of any size by overlap-tile inference.
 
   Args:
@@ -453,7 +458,11 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
       one compiled program (``unet_jax.tiled_program``; one compilation per
       image shape); "host": tiles cut and stitched in NumPy around one jitted
       batch call (one compilation per tile and batch size, whatever the
-      image size). Both give the same result (float rounding).
+      image size). Both give the same result (float rounding). "auto":
+      "device" for a VALID Flax net without a progress callback, else "host"
+      (progress by tiles, exported ONNX models, SAME padding).
+    on_tiles: called as ``on_tiles(done, total)`` after every batch of tiles
+      (all TTA views together), e.g. to move a caller's progress bar.
   Returns:
     float32 ``[H, W, K]`` softmax probabilities.
   Raises:
@@ -468,6 +477,9 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   padding = _padding(model)
   check_tile_size(tile_size, model.depth, padding)
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+  if method == "auto":
+    device_ok = isinstance(model, nn.Module) and padding == "valid"
+    method = "device" if device_ok and on_tiles is None and not progress else "host"
   if method == "device":
     return _predict_on_device(model, variables, image, tile_size, batch_size, transforms,
                               memory_budget)
@@ -477,7 +489,7 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth, padding) for v in views]
   # All views' tiles go through one batched loop: full batches, one compilation.
   tiles = np.concatenate([extract_tiles(pad_image(v, p), p) for v, p in zip(views, plans)])
-  outputs = run_batched(model, variables, tiles, batch_size, progress)
+  outputs = run_batched(model, variables, tiles, batch_size, progress, on_tiles)
   total = np.zeros((h, w, outputs.shape[-1]), np.float32)
   start = 0
   for (k, flip), plan in zip(transforms, plans):

@@ -34,8 +34,9 @@ from unet_jax import evaluation
 from unet_jax import input_pipeline
 from unet_jax import layers
 from unet_jax import parallel
+from unet_jax import run_control
 from unet_jax import model as model_lib
-from unet_jax.errors import NonFiniteError, UserInputError
+from unet_jax.errors import Interrupted, NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
 from unet_jax.monitoring import NullMonitor, RunMonitor
 
@@ -219,7 +220,8 @@ def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_test.{jax.process_index()}"
+    # per process: concurrent runs (and the processes of one run) never collide
+    probe = path / f".write_test.{os.getpid()}.{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -247,6 +249,24 @@ def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
   b = config.batch_size
   return {"image": np.zeros((b, t, t, config.in_channels), np.float32),
           "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
+
+
+def dry_run_channels(config: ml_collections.ConfigDict) -> tuple[int, str | None]:
+  """Input channels for a dry run, which needs no data: ``(channels, note or None)``.
+
+  ``config.in_channels`` if set; 1 for the built-in datasets (all grey); for
+  own data the first training images' channels if they can be read, else 1
+  with a note.
+  """
+  if config.in_channels > 0:
+    return int(config.in_channels), None
+  if config.dataset != "folder":
+    return 1, None
+  try:
+    return int(datasets.load_split(config, "train").num_channels), None
+  except UserInputError as e:
+    return 1, (f"note: the data cannot be read ({e}); sizes are for in_channels=1 "
+               "(set --config.in_channels)")
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:
@@ -324,11 +344,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Returns:
     The final train state.
   """
+  import contextlib
+
   from unet_jax import distributed
 
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
   primary_process = distributed.is_primary()
+  # One training per workdir (process 0 holds the lock); Ctrl-C / SIGTERM save a
+  # checkpoint after the current step. In a multi-process run every process
+  # must save collectively, so there a signal keeps its default action.
+  lock = run_control.WorkdirLock(workdir) if primary_process else contextlib.nullcontext()
+  stop = run_control.StopOnSignal() if jax.process_count() == 1 else run_control.NoStop()
+  with lock, stop:
+    return _train(config, workdir, stop, primary_process)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
+           primary_process: bool) -> TrainState:
+  """The body of ``train_and_evaluate``, run while holding the workdir lock."""
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
@@ -360,7 +394,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   train_step = make_train_step(model, config, mesh)
   schedule = learning_rate_schedule(config)  # for the logs; the optimizer has its own
-  primary = datasets.spec(config.dataset).primary_metric
+  # the held-out score that picks the best checkpoint; the mean class IoU for K > 2
+  primary = ("mean_iou" if config.num_classes > 2
+             else datasets.spec(config.dataset).primary_metric)
   monitor = (RunMonitor(workdir, config.num_steps, start, primary) if primary_process
              else NullMonitor())
   best = checkpoint.best_score(workdir) if val_data is not None else None
@@ -377,6 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       log_now = step % config.log_every == 0 or last
       save_now = step % config.checkpoint_every == 0 or last
       eval_now = val_data is not None and (step % config.eval_every == 0 or last)
+      stop_now = stop.requested
+      save_now = save_now or stop_now
       if not (log_now or save_now or eval_now):
         continue
       fetched = [(s, {k: float(v) for k, v in m.items()})
@@ -395,6 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
       if eval_now:
         best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
+      if stop_now:
+        raise Interrupted(stop.signum, step)
   finally:
     monitor.close()
     manager.close()

@@ -1,0 +1,76 @@
+"""Own data with K = 3 classes: weight maps per class, training and evaluation end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_jax import data as data_lib
+from unet_jax import datasets, train_lib, weight_maps
+from unet_jax.errors import UserInputError
+
+
+def _three_class_folder(root, n=3, size=64):
+  """Discs of class 1 and squares of class 2 on background 0."""
+  rng = np.random.default_rng(0)
+  (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()
+  yy, xx = np.mgrid[:size, :size]
+  for i in range(n):
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(4):
+      cy, cx = rng.integers(8, size - 8, 2)
+      mask[(yy - cy)**2 + (xx - cx)**2 < 25] = 1
+      cy, cx = rng.integers(4, size - 8, 2)
+      mask[cy:cy + 6, cx:cx + 6] = 2
+    image = (60 * mask + rng.normal(0, 10, mask.shape) + 50).clip(0, 255).astype(np.uint8)
+    Image.fromarray(image).save(root / "images" / f"img{i}.png")
+    tifffile.imwrite(root / "masks" / f"img{i}.tif", mask)
+
+
+def _config(tiny_config, root, tmp_path):
+  c = tiny_config
+  c.dataset, c.data_dir, c.mask_kind, c.num_classes = "folder", str(root), "classes", 3
+  c.train_indices, c.val_indices = "0-1", "2"
+  c.cache_dir = str(tmp_path / "cache")
+  return c
+
+
+def test_class_weights_of_three_classes_reach_the_weight_map(tiny_config, tmp_path):
+  _three_class_folder(tmp_path / "d")
+  c = _config(tiny_config, tmp_path / "d", tmp_path)
+  train = datasets.load_split(c, "train")
+  cw = data_lib.class_weights_for(c, train)
+  assert cw.shape == (3,) and np.all(cw > 0)
+  w = data_lib.weights_for(c, train)[0]
+  lab = train.labels[0]
+  inst = np.where((lab >= 1) & (lab < 3), train.instances[0], 0)
+  border = weight_maps.weight_map(inst, np.zeros(2), c.w0, c.sigma)
+  np.testing.assert_allclose(w, cw[lab] + border, rtol=1e-6)
+  for k in range(3):  # class 2 is weighted as class 2, not truncated away
+    far = (lab == k) & (border < 1e-6)
+    np.testing.assert_allclose(w[far], cw[k], atol=2e-6)
+
+
+def test_three_classes_train_and_evaluate(tiny_config, tmp_path):
+  _three_class_folder(tmp_path / "d")
+  c = _config(tiny_config, tmp_path / "d", tmp_path)
+  c.num_steps, c.eval_every = 4, 4
+  state = train_lib.train_and_evaluate(c, str(tmp_path / "w"))
+  assert state.params["classifier"]["kernel"].shape[-1] == 3
+  rows = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if r["split"] == "val"]
+  assert evals and {"iou_class_1", "iou_class_2", "mean_iou", "seg"} <= set(evals[-1])
+
+
+def test_more_classes_than_the_dataset_has_is_refused(tiny_config):
+  from unet_jax import config_lib
+  c = tiny_config
+  c.num_classes = 3
+  with pytest.raises(UserInputError, match="2 classes"):
+    config_lib.validate(c)
+  c.dataset = "folder"
+  with pytest.raises(UserInputError, match="mask_kind=classes"):
+    config_lib.validate(c)

@@ -1,0 +1,145 @@
+"""Prediction on users' folders: unique names, skips, dtypes, pixel size, overlays, progress."""
+
+import functools
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from random_nets import random_net
+from unet_jax import evaluation, image_io, predict, tiling
+from unet_jax.errors import UserInputError
+
+_net = functools.lru_cache(maxsize=None)(random_net)
+
+
+def _folder(tmp_path):
+  """The mixed folder of a microscopist (see the file names)."""
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "in"
+  folder.mkdir()
+  grey = rng.integers(0, 255, (33, 41), dtype=np.uint8)
+  Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(folder / "a.png")
+  tifffile.imwrite(folder / "a.tif", grey, imagej=True, resolution=(2.0, 2.0),
+                   metadata={"unit": "um"})
+  Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).quantize(8).save(
+      folder / "palette.png")
+  tifffile.imwrite(folder / "two.tif", rng.integers(0, 255, (30, 40, 2), dtype=np.uint8),
+                   metadata={"axes": "YXC"})
+  (folder / "zero.tif").write_bytes(b"")
+  return folder, grey
+
+
+def test_mixed_folder(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  folder, grey = _folder(tmp_path)
+  out = tmp_path / "out"
+  lines = []
+  result = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
+                                 echo=lines.append)
+  failed = {p.name: reason for p, reason in result.failed}
+  assert set(failed) == {"two.tif", "zero.tif"}
+  assert "2 channel(s)" in failed["two.tif"] and "empty" in failed["zero.tif"]
+  assert result.exit_code == 1
+  summary = result.summary(5, out)
+  assert "3 of 5 files segmented" in summary and "zero.tif" in summary
+  notes = {(p.name, n) for p, n in result.notes}
+  assert ("a.png", "alpha channel dropped") in notes
+  assert ("palette.png", "palette image resolved to RGB") in notes
+  assert any("RGB converted to grey" in n for p, n in notes if p == "palette.png")
+  assert any("alpha channel dropped" in line for line in lines)
+  # a.png and a.tif hold the same pixels and get their own, equal results.
+  prob_png = tifffile.imread(out / "a.png_prob.tif")
+  prob_tif = tifffile.imread(out / "a.tif_prob.tif")
+  assert prob_png.shape == (2, 33, 41) and prob_png.dtype == np.float32
+  np.testing.assert_array_equal(prob_png, prob_tif)
+  # The same as predicting the normalised grey image directly.
+  from unet_jax.datasets import normalize
+  direct = tiling.predict_tiled(model, variables, normalize(grey),
+                                tile_size=evaluation.eval_tile_size(tiny_config, model.depth))
+  np.testing.assert_allclose(prob_tif, np.moveaxis(direct, -1, 0), atol=1e-6)
+  mask = tifffile.imread(out / "a.tif_mask.tif")
+  np.testing.assert_array_equal(mask, np.where(direct[..., 1] > 0.5, 255, 0))
+  labels = tifffile.imread(out / "a.tif_labels.tif")
+  assert labels.dtype == np.uint16
+  assert (labels > 0)[mask > 0].all()  # every cell pixel belongs to an object
+  # The input's pixel size (0.5 um) is in the results.
+  assert image_io.read_image(out / "a.tif_prob.tif").pixel_size == pytest.approx((0.5, 0.5))
+  assert image_io.read_image(out / "a.tif_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
+  overlay = Image.open(out / "a.tif_overlay.png")
+  assert overlay.size == (41, 33)  # the image's own size and aspect
+  assert not any(p.name.startswith("two.tif") for p in out.iterdir())
+
+
+def test_no_clobbering(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  folder, _ = _folder(tmp_path)
+  (folder / "two.tif").unlink()
+  (folder / "zero.tif").unlink()
+  for out in (folder, folder / "results"):
+    with pytest.raises(UserInputError, match="input folder"):
+      predict.predict_files(model, variables, folder, out, tiny_config, progress=False)
+  out = tmp_path / "out"
+  first = predict.predict_files(model, variables, folder / "a.tif", out, tiny_config,
+                                progress=False)
+  assert first.exit_code == 0 and len(first.written) == 4
+  before = (out / "a.tif_prob.tif").read_bytes()
+  with pytest.raises(UserInputError, match="--overwrite"):
+    predict.predict_files(model, variables, folder, out, tiny_config, progress=False)
+  assert (out / "a.tif_prob.tif").read_bytes() == before
+  again = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
+                                overwrite=True)
+  assert again.exit_code == 0 and len(again.written) == 12
+
+
+def test_bad_inputs_are_user_errors(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  with pytest.raises(UserInputError, match="not found"):
+    predict.list_inputs(tmp_path / "missing.tif")
+  with pytest.raises(UserInputError, match="no images"):
+    predict.list_inputs(tmp_path)
+  with pytest.raises(UserInputError, match="threshold"):
+    predict.predict_files(model, variables, tmp_path, tmp_path / "o", tiny_config, threshold=1.5)
+
+
+def test_stack_and_threshold(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  stack = np.random.default_rng(1).integers(0, 255, (3, 25, 31), dtype=np.uint8)
+  tifffile.imwrite(tmp_path / "stack.tif", stack, metadata={"axes": "ZYX"})
+  for t in (0.3, 0.7):
+    out = tmp_path / f"out{t}"
+    predict.predict_files(model, variables, tmp_path / "stack.tif", out, tiny_config,
+                          threshold=t, progress=False)
+    probs = tifffile.imread(out / "stack.tif_prob.tif")
+    assert probs.shape == (3, 2, 25, 31)
+    np.testing.assert_array_equal(tifffile.imread(out / "stack.tif_mask.tif"),
+                                  np.where(probs[:, 1] > t, 255, 0))
+    assert (out / "stack.tif_overlay_p002.png").is_file()
+
+
+def test_label_dtype_past_65535_objects():
+  assert predict.label_dtype(65535) == np.uint16
+  assert predict.label_dtype(65536) == np.uint32
+
+
+def test_large_image_overlay_is_downscaled_plus_full_resolution_crop(tmp_path):
+  rng = np.random.default_rng(0)
+  image = rng.random((300, 900, 1)).astype(np.float32)
+  labels = np.zeros((300, 900), np.int32)
+  labels[100:140, 100:140] = 1
+  written = predict.save_overlays(tmp_path / "big", image, labels, max_side=200)
+  assert [p.name for p in written] == ["big.png", "big_crop.png"]
+  assert Image.open(written[0]).size == (200, 67)  # aspect 3:1 kept
+  assert Image.open(written[1]).size == (200, 200)  # full resolution
+
+
+def test_tile_progress_moves_during_one_image(tiny_config):
+  model, variables = _net(2, 4)
+  calls = []
+  image = np.random.default_rng(0).normal(size=(150, 170)).astype(np.float32)
+  tiling.predict_tiled(model, variables, image, tile_size=60, batch_size=2,
+                       on_tiles=lambda done, total: calls.append((done, total)))
+  plan = tiling.plan_tiles(150, 170, 60, 2)
+  assert calls[-1] == (plan.num_tiles, plan.num_tiles) and plan.num_tiles > 4
+  assert [d for d, _ in calls] == sorted({d for d, _ in calls}) and len(calls) > 2

@@ -1,0 +1,343 @@
+"""Segmenting users' own images: a batch of files in, result files out, never clobbering.
+
+The library behind ``evaluate.py --mode predict``. Every input file ``NAME.EXT``
+(any format :mod:`unet_jax.image_io` reads; a multi-page file is a stack) gives,
+in the output folder, names that keep the input's extension so that ``a.png``
+and ``a.tif`` never collide:
+
+=========================  ==================================================
+``NAME.EXT_prob.tif``      float32 per-class softmax probabilities, ImageJ
+                           axes ``CYX`` (``ZCYX`` for a stack); channel 1 =
+                           cell (cell interior for ISBI-like models)
+``NAME.EXT_mask.tif``      uint8: 2 classes: 255 where p(cell) > threshold, else
+                           0; K > 2 classes: the most probable class id
+``NAME.EXT_labels.tif``    instances of the mask's foreground, made as
+                           ``config.instances`` says (:mod:`unet_jax.instances`);
+                           uint16, or uint32 past 65,535 objects; 0 = background
+``NAME.EXT_overlay.png``   the image with the objects outlined, at the image's
+                           own aspect; images above ``OVERLAY_MAX`` px are
+                           downscaled and get a full-resolution centre crop
+                           ``NAME.EXT_overlay_crop.png`` as well
+=========================  ==================================================
+
+Stacks give one ``..._overlay_pNNN.png`` per page. The TIFFs carry the input's
+pixel size. The output folder must not be (inside) an input folder, and
+existing outputs are refused unless ``overwrite=True``. A file that cannot be
+read or converted is skipped with its reason; the others are processed
+(:class:`PredictResult` lists both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from unet_jax import image_io
+from unet_jax.errors import UserInputError
+
+OVERLAY_MAX = 1024  # px: longest side of an overlay PNG
+SUFFIXES = ("_prob.tif", "_mask.tif", "_labels.tif", "_overlay.png")
+
+
+@dataclasses.dataclass
+class PredictResult:
+  """What a batch did.
+
+  Attributes:
+    written: every file written.
+    failed: ``(input file, reason)`` of each skipped file.
+    notes: ``(input file, note)``: what was dropped or converted on reading.
+  """
+  written: list[pathlib.Path] = dataclasses.field(default_factory=list)
+  failed: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)
+  notes: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)
+
+  @property
+  def exit_code(self) -> int:
+    """0 if every file was processed, 1 if some were skipped."""
+    return 1 if self.failed else 0
+
+  def summary(self, num_inputs: int, out_dir: pathlib.Path) -> str:
+    ok = num_inputs - len(self.failed)
+    lines = [f"{ok} of {num_inputs} files segmented, {len(self.written)} files written to "
+             f"{out_dir}"]
+    if self.failed:
+      lines.append(f"{len(self.failed)} file(s) skipped:")
+      lines += [f"  {path}: {reason}" for path, reason in self.failed]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Inputs and output names.
+# --------------------------------------------------------------------------
+
+
+def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """Image files of a file, a folder (its images, sorted, see ``image_io``) or a list."""
+  if isinstance(inputs, (str, pathlib.Path)):
+    inputs = [inputs]
+  files = []
+  for item in map(pathlib.Path, inputs):
+    if item.is_dir():
+      found = image_io.list_images(item)
+      if not found:
+        raise UserInputError(f"no images ({image_io.describe()}) in the folder {item}")
+      files += found
+    elif item.is_file():
+      files.append(item)
+    else:
+      raise UserInputError(f"input not found: {item}")
+  return files
+
+
+def output_names(path: pathlib.Path, pages: int = 1) -> list[str]:
+  """File names written for the input ``path`` (see the module docstring)."""
+  names = [path.name + s for s in SUFFIXES[:3]]
+  if pages == 1:
+    names.append(path.name + "_overlay.png")
+  else:
+    names += [f"{path.name}_overlay_p{i:03d}.png" for i in range(pages)]
+  return names
+
+
+def check_out_dir(inputs, out_dir: pathlib.Path) -> None:
+  """Refuses an output folder equal to or inside an input folder."""
+  if isinstance(inputs, (str, pathlib.Path)):
+    inputs = [inputs]
+  out = pathlib.Path(out_dir).resolve()
+  for item in map(pathlib.Path, inputs):
+    if item.is_dir():
+      folder = item.resolve()
+      if out == folder or folder in out.parents:
+        raise UserInputError(
+            f"--out {out_dir} is {'the' if out == folder else 'inside the'} input folder "
+            f"{item}: the results would be read as inputs next time; choose another --out")
+
+
+def _existing_outputs(files: Sequence[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
+  found = []
+  for path in files:
+    found += [out / n for n in output_names(path)[:3] if (out / n).exists()]
+    found += sorted(out.glob(f"{glob_escape(path.name)}_overlay*.png"))
+  return found
+
+
+def glob_escape(name: str) -> str:
+  import glob
+  return glob.escape(name)
+
+
+# --------------------------------------------------------------------------
+# Results.
+# --------------------------------------------------------------------------
+
+
+def label_dtype(num_objects: int) -> np.dtype:
+  """uint16, or uint32 past 65,535 objects."""
+  return np.dtype(np.uint16 if num_objects <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def mask_and_labels(probs: np.ndarray, params) -> tuple[np.ndarray, np.ndarray]:
+  """The mask and the instances of one page's probabilities ``[H, W, K]``.
+
+  Args:
+    probs: ``[H, W, K]`` softmax probabilities.
+    params: ``unet_jax.instances.InstanceParams`` (its ``threshold`` is p(cell)'s).
+  Returns:
+    ``(mask, labels)``: uint8 ``[H, W]`` (K = 2: 255 where p(class 1) >
+    threshold; K > 2: argmax class id) and int ``[H, W]`` instances of the
+    foreground (``instances.from_probability`` of p(class 1), resp. of
+    argmax != 0 for K > 2).
+  """
+  from unet_jax import instances
+
+  if probs.shape[-1] == 2:
+    foreground = probs[..., 1]
+    mask = np.where(foreground > params.threshold, 255, 0).astype(np.uint8)
+  else:
+    classes = np.argmax(probs, -1)
+    mask = classes.astype(np.uint8)
+    foreground = (classes != 0).astype(np.float32)
+    params = dataclasses.replace(params, threshold=0.5, method="components")
+  return mask, instances.from_probability(foreground, params)
+
+
+def _grey_for_display(image: np.ndarray) -> np.ndarray:
+  """``[H, W, C]`` -> uint8 ``[H, W, 3]``, contrast stretched to the 0.5-99.5 percentiles."""
+  x = np.asarray(image, np.float32)
+  if x.shape[-1] != 3:
+    x = np.repeat(x[..., :1], 3, -1)
+  lo, hi = np.percentile(x, (0.5, 99.5))
+  return (np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def render_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """uint8 RGB ``[H, W, 3]``: the image with object outlines (red) and a light tint."""
+  from skimage.segmentation import find_boundaries
+
+  rgb = _grey_for_display(image).astype(np.float32)
+  objects = labels > 0
+  rgb[objects] = 0.8 * rgb[objects] + 0.2 * np.array([255, 220, 0], np.float32)
+  rgb[find_boundaries(labels, mode="inner")] = (255, 40, 40)
+  return rgb.astype(np.uint8)
+
+
+def save_overlays(stem: pathlib.Path, image: np.ndarray, labels: np.ndarray,
+                  max_side: int = OVERLAY_MAX) -> list[pathlib.Path]:
+  """Writes ``STEM.png`` (whole image, longest side <= ``max_side``) and, for larger
+  images, ``STEM_crop.png`` (a ``max_side`` square at full resolution, centred).
+
+  Args:
+    stem: output path without ``.png``.
+    image: ``[H, W, C]``; labels: ``[H, W]`` instances.
+  """
+  from PIL import Image
+
+  h, w = labels.shape
+  written = []
+  scale = min(1.0, max_side / max(h, w))
+  if scale < 1.0:
+    # Outlines are drawn on nearest-neighbour downscaled labels so that they
+    # stay one pixel wide in the downscaled view.
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small_image = np.asarray(Image.fromarray(_grey_for_display(image)).resize(size, Image.BILINEAR))
+    yy = (np.arange(size[1]) / scale).astype(int).clip(0, h - 1)
+    xx = (np.arange(size[0]) / scale).astype(int).clip(0, w - 1)
+    whole = render_overlay(small_image, labels[np.ix_(yy, xx)])
+  else:
+    whole = render_overlay(image, labels)
+  path = stem.with_name(stem.name + ".png")
+  Image.fromarray(whole).save(path)
+  written.append(path)
+  if scale < 1.0:
+    y0, x0 = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    crop = (slice(y0, y0 + max_side), slice(x0, x0 + max_side))
+    path = stem.with_name(stem.name + "_crop.png")
+    Image.fromarray(render_overlay(image[crop], labels[crop])).save(path)
+    written.append(path)
+  return written
+
+
+# --------------------------------------------------------------------------
+# The batch.
+# --------------------------------------------------------------------------
+
+
+def input_channels(variables: Any, model: Any = None) -> int:
+  """The model's input channels, read from its first kernel (or an exported graph)."""
+  if hasattr(model, "in_channels"):  # unet_jax.onnx_predict.OnnxUNet
+    return int(model.in_channels)
+  try:
+    return int(variables["params"]["down0_conv0"]["kernel"].shape[2])
+  except (KeyError, TypeError, AttributeError):
+    return 1
+
+
+def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, config, *,
+                  threshold: float = 0.5, tta: bool = False, progress: bool = True,
+                  tile_size: int | None = None, overwrite: bool = False,
+                  echo: Callable[[str], None] | None = None) -> PredictResult:
+  """Segments users' images of any size; writes the files of the module docstring.
+
+  Args:
+    model, variables: the net.
+    inputs: a file, a folder, or a list of files.
+    out_dir: output folder (created); must not be an input folder or inside one.
+    config: ``eval_tile_size`` / ``tile_size``, ``eval_batch_size``, ``instances``
+      (how objects are made from p(cell); ``threshold`` overrides its threshold).
+    threshold: p(cell) above which a pixel is cell (2-class models).
+    tta: average the 8 flips/rotations.
+    progress: a tqdm bar per file, moving by tiles.
+    tile_size: overrides the config's tile size.
+    overwrite: replace existing outputs (else they are an error, before any work).
+    echo: where per-file notes and skips are reported as they happen (default: none).
+  Returns:
+    :class:`PredictResult`.
+  Raises:
+    UserInputError: before any work, for missing inputs, an output folder
+      inside an input folder, existing outputs without ``overwrite`` or a bad
+      threshold. Problems of single files are reported in the result instead.
+  """
+  from unet_jax import instances
+  from unet_jax import tiling
+  from unet_jax.datasets import normalize
+
+  if not 0.0 <= threshold < 1.0:
+    raise UserInputError(f"--threshold={threshold}: must be in [0, 1)")
+  files = list_inputs(inputs)
+  out = pathlib.Path(out_dir)
+  check_out_dir(inputs, out)
+  if not overwrite and out.is_dir():
+    existing = _existing_outputs(files, out)
+    if existing:
+      raise UserInputError(
+          f"{len(existing)} output file(s) already exist in {out} (e.g. {existing[0].name}); "
+          "pass --overwrite to replace them or choose another --out")
+  out.mkdir(parents=True, exist_ok=True)
+  channels = input_channels(variables, model)
+  params = dataclasses.replace(instances.InstanceParams.from_config(config),
+                               threshold=float(threshold))
+  tile = tile_size or config.eval_tile_size
+  # a bad --tile_size would fail every file: say so once
+  tiling.check_tile_size(tile, model.depth, getattr(model, "padding", "valid"))
+  batch = int(config.eval_batch_size)
+  say = echo or (lambda _: None)
+  result = PredictResult()
+  for index, path in enumerate(files):
+    try:
+      image, pages = image_io.model_pages(path, channels)
+    except UserInputError as e:
+      result.failed.append((path, str(e)))
+      say(f"skipped {path}: {e}")
+      continue
+    for note in image.notes:
+      result.notes.append((path, note))
+      say(f"{path}: {note}")
+    bar = None
+    if progress:
+      from tqdm.auto import tqdm
+      bar = tqdm(total=0, desc=f"[{index + 1}/{len(files)}] {path.name}", unit="tile")
+
+    def on_tiles(done: int, total: int) -> None:
+      if bar is not None:  # tiles of the current page (all TTA views)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+      probs, masks, labels = [], [], []
+      for i, page in enumerate(pages):
+        if bar is not None and len(pages) > 1:
+          bar.set_description(f"[{index + 1}/{len(files)}] {path.name} page {i + 1}/{len(pages)}")
+        p = tiling.predict_tiled(model, variables, normalize(page), tile_size=tile,
+                                 batch_size=batch, tta=tta, on_tiles=on_tiles)
+        m, lab = mask_and_labels(p, params)
+        probs.append(np.moveaxis(p, -1, 0).astype(np.float32))
+        masks.append(m)
+        labels.append(lab)
+      single = len(pages) == 1
+      stack = (lambda xs: xs[0]) if single else np.stack
+      names = output_names(path, len(pages))
+      n_objects = max(int(lab.max()) for lab in labels)
+      written = [
+          image_io.write_tiff(out / names[0], stack(probs), image.pixel_size,
+                              "CYX" if single else "ZCYX"),
+          image_io.write_tiff(out / names[1], stack(masks), image.pixel_size),
+          image_io.write_tiff(out / names[2], stack(labels).astype(label_dtype(n_objects)),
+                              image.pixel_size)]
+      for name, page, lab in zip(names[3:], pages, labels):
+        written += save_overlays(out / name[:-len(".png")], page, lab)
+      result.written += written
+    except UserInputError as e:
+      result.failed.append((path, str(e)))
+      say(f"skipped {path}: {e}")
+    except OSError as e:  # e.g. disk full while writing
+      result.failed.append((path, f"cannot write its results ({e})"))
+      say(f"skipped {path}: cannot write its results ({e})")
+    finally:
+      if bar is not None:
+        bar.close()
+  return result
