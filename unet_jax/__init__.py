@@ -24,10 +24,10 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "ablations", "augment", "checkpoint", "cli", "config_lib", "ctc_format", "data_tool",
-    "datasets", "distributed", "download", "errors", "evaluation", "export", "inference",
-    "input_pipeline", "instances", "layers", "losses", "metrics", "model", "monitoring",
-    "onnx_predict", "parallel", "submission", "synthetic", "tiled_program", "tiling",
-    "train_lib", "weight_maps",
+    "datasets", "distributed", "download", "errors", "evaluation", "export", "image_io",
+    "inference", "input_pipeline", "instances", "layers", "losses", "metrics", "model",
+    "monitoring", "onnx_predict", "parallel", "predict", "run_control", "submission",
+    "synthetic", "tiled_program", "tiling", "train_lib", "weight_maps",
 )
 
 __all__ = [*_EXPORTS, "metrics"]
