@@ -122,7 +122,7 @@ def test_onnx_predict_gives_the_jax_masks_on_an_isbi_slice(exported, data_root, 
   """evaluate.py --mode predict --onnx: same probabilities and masks as the JAX model."""
   import tifffile
 
-  from unet_jax import evaluation, onnx_predict
+  from unet_jax import onnx_predict, predict
 
   _, model, variables, workdir = exported
   from unet_jax import config_lib
@@ -131,16 +131,16 @@ def test_onnx_predict_gives_the_jax_masks_on_an_isbi_slice(exported, data_root, 
   tifffile.imwrite(tmp_path / "slice.tif", slice0)
   onnx_model = onnx_predict.OnnxUNet(exported[0].onnx_path)
   assert onnx_model.in_channels == 1 and onnx_model.depth == 2
-  evaluation.predict_files(model, variables, tmp_path / "slice.tif", tmp_path / "jax", config,
-                           progress=False)
-  evaluation.predict_files(onnx_model, None, tmp_path / "slice.tif", tmp_path / "onnx",
-                           onnx_model.config, progress=False)
+  predict.predict_files(model, variables, tmp_path / "slice.tif", tmp_path / "jax", config,
+                        progress=False)
+  predict.predict_files(onnx_model, None, tmp_path / "slice.tif", tmp_path / "onnx",
+                        onnx_model.config, progress=False)
 
   def read(folder, kind):
     (path,) = sorted((tmp_path / folder).glob(f"*{kind}*.tif"))
     return tifffile.imread(path)
 
-  p_jax, p_onnx = read("jax", "prob"), read("onnx", "prob")
+  p_jax, p_onnx = read("jax", "prob")[1], read("onnx", "prob")[1]  # [K, H, W]: class 1
   assert p_jax.shape == slice0.shape
   np.testing.assert_allclose(p_onnx, p_jax, atol=1e-4, rtol=0)
   decided = np.abs(p_jax - 0.5) > 1e-4  # pixels a float rounding cannot flip

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unet_jax import data as data_lib
+from unet_jax import input_pipeline as data_lib
 from unet_jax import datasets, train_lib, weight_maps
 from unet_jax.errors import UserInputError
 

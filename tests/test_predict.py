@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from random_nets import random_net
-from unet_jax import evaluation, image_io, predict, tiling
+from unet_jax import config_lib, evaluation, image_io, predict, tiling
 from unet_jax.errors import UserInputError
 
 _net = functools.lru_cache(maxsize=None)(random_net)
@@ -57,7 +57,7 @@ def test_mixed_folder(tiny_config, tmp_path):
   # The same as predicting the normalised grey image directly.
   from unet_jax.datasets import normalize
   direct = tiling.predict_tiled(model, variables, normalize(grey),
-                                tile_size=evaluation.eval_tile_size(tiny_config, model.depth))
+                                tile_size=config_lib.resolve(tiny_config, 1).eval_tile_size)
   np.testing.assert_allclose(prob_tif, np.moveaxis(direct, -1, 0), atol=1e-6)
   mask = tifffile.imread(out / "a.tif_mask.tif")
   np.testing.assert_array_equal(mask, np.where(direct[..., 1] > 0.5, 255, 0))

@@ -25,6 +25,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
+
+def run_cli(*args, timeout=600, env=None):
+  """Runs a top-level script like a user would; returns CompletedProcess."""
+  full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=full_env)
+
 def _cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 

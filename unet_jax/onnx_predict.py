@@ -1,7 +1,7 @@
 """Runs a U-Net exported by ``unet_jax.export`` with onnxruntime (no JAX in the forward).
 
 ``OnnxUNet`` stands in for the Flax model wherever the overlap-tile inference
-takes one (``tiling.predict_tiled``, ``evaluation.predict_files``): it carries
+takes one (``tiling.predict_tiled``, ``predict.predict_files``): it carries
 the net's ``depth``/``features``/``num_classes``/``in_channels`` (read from the
 graph's metadata) and maps a batch of normalised tiles ``[B, T, T, C]`` to
 softmax probabilities ``[B, T - 2 * border, T - 2 * border, K]``.

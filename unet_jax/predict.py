@@ -280,7 +280,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   channels = input_channels(variables, model)
   params = dataclasses.replace(instances.InstanceParams.from_config(config),
                                threshold=float(threshold))
-  tile = tile_size or config.eval_tile_size
+  tile = tile_size or config.eval_tile_size or config.tile_size
   # a bad --tile_size would fail every file: say so once
   tiling.check_tile_size(tile, model.depth, getattr(model, "padding", "valid"))
   batch = int(config.eval_batch_size)
