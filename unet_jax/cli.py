@@ -73,6 +73,11 @@ def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
   try:
     rest = flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except  # every parse error is the user's
+    field_error = (isinstance(e, (KeyError, flags.Error))
+                   or (isinstance(e, AttributeError) and "get_config" not in str(e)))
+    if not field_error:  # raised by the config file itself (syntax, get_config())
+      given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+      _fail(_config_file_message("config", given[-1] if given else "(default)", e))
     _fail(_config_flag_message(e))
   _check_loaded_configs(argv, flag_values)
   return rest
@@ -129,78 +134,6 @@ def define_config_file(name: str, default: str | None, help_string: str) -> None
     config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except Exception as e:  # pylint: disable=broad-except
     _fail(_config_flag_message(e))
-
-
-def _flag_value_in_argv(name: str) -> str | None:
-  """The value of ``--name=V`` / ``--name V`` on the command line (the last one)."""
-  value = None
-  args = sys.argv[1:]
-  for i, arg in enumerate(args):
-    if arg.startswith(f"--{name}="):
-      value = arg.split("=", 1)[1]
-    elif arg == f"--{name}" and i + 1 < len(args):
-      value = args[i + 1]
-  return value
-
-
-def _config_file_message(name: str, exc: BaseException) -> str:
-  """One line for a config file that is missing, broken or whose get_config() fails."""
-  path = _flag_value_in_argv(name) or "(default)"
-  if isinstance(exc, SyntaxError):
-    return f"--{name} {path}: syntax error at line {exc.lineno}: {exc.msg}"
-  if isinstance(exc, OSError) and "No such file" in str(exc):
-    return f"--{name} {path}: config file not found (e.g. --{name}=configs/synthetic.py)"
-  if isinstance(exc, AttributeError) and "get_config" in str(exc):
-    return f"--{name} {path}: the config file has no get_config() function"
-  lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-  return f"--{name} {path}: cannot load the config ({type(exc).__name__}: " \
-         f"{lines[-1] if lines else ''})"
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing with user errors as one line and exit 2 (bad flag type,
-  unknown flag or config field, missing or broken config file)."""
-  from absl import flags
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:  # bad type or value, unknown flag
-    _fail(f"{e} (see --helpfull)")
-  except SystemExit:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  # raised by a config file or field
-    _fail(_flag_error_message(e))
-  for name in ("config",):
-    value = FLAGS[name].value if name in FLAGS else None
-    if type(value).__name__ == "_ErrorConfig":  # ml_collections defers load errors
-      _fail(_config_file_message(name, object.__getattribute__(value, "_error")))
-  return rest
-
-
-def _flag_error_message(exc: BaseException) -> str:
-  """One line for an exception raised while the --config flag loads its file."""
-  if isinstance(exc, (KeyError, AttributeError)) and "get_config" not in str(exc):
-    return _config_flag_message(exc)  # an unknown --config.FIELD
-  return _config_file_message("config", exc)  # missing or broken file, failing get_config()
-
-
-def define_config_file(name: str, default: str | None, help_string: str) -> None:
-  """``config_flags.DEFINE_config_file(..., lock_config=True)`` with user errors as one line.
-
-  The default config file is loaded, and ``--name.field=...`` overrides applied
-  to it, while the flag is defined (at import of the CLI script): an unknown
-  field then fails there, before :func:`run` can catch it.
-  """
-  from ml_collections import config_flags
-  try:
-    config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
-  except Exception as e:  # pylint: disable=broad-except
-    _fail(_flag_error_message(e))
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 def run(app, main: Callable) -> None:
