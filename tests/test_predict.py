@@ -143,3 +143,27 @@ def test_tile_progress_moves_during_one_image(tiny_config):
   plan = tiling.plan_tiles(150, 170, 60, 2)
   assert calls[-1] == (plan.num_tiles, plan.num_tiles) and plan.num_tiles > 4
   assert [d for d, _ in calls] == sorted({d for d, _ in calls}) and len(calls) > 2
+
+
+def test_cell_model_writes_instance_labels_of_the_input_size(tiny_config, tmp_path):
+  """A cell config (watershed instances): uint16 instance labels [H, W] of the input's
+  size, equal to instances.from_probability of the written p(cell), and a colour overlay."""
+  from unet_jax import instances
+  model, variables = _net(2, 4)
+  c = tiny_config
+  c.instances.method, c.instances.min_size, c.instances.seed_threshold = "watershed", 3, 0.6
+  image = np.random.default_rng(1).integers(0, 255, (70, 53), dtype=np.uint8)
+  tifffile.imwrite(tmp_path / "cells.tif", image)
+  predict.predict_files(model, variables, tmp_path / "cells.tif", tmp_path / "out", c,
+                        progress=False)
+  labels = tifffile.imread(tmp_path / "out" / "cells.tif_labels.tif")
+  assert labels.shape == (70, 53) and labels.dtype == np.uint16 and labels.max() > 0
+  prob = tifffile.imread(tmp_path / "out" / "cells.tif_prob.tif")[1]
+  expected = instances.from_probability(prob, instances.InstanceParams.from_config(c))
+  np.testing.assert_array_equal(labels, expected)
+  with Image.open(tmp_path / "out" / "cells.tif_overlay.png") as overlay:
+    assert overlay.size == (53, 70)  # the image's own aspect
+    rgb = np.asarray(overlay.convert("RGB"))
+  # objects are tinted in different colours
+  colours = {tuple(rgb[labels == k].mean(0).round()) for k in np.unique(labels)[1:4]}
+  assert len(colours) == min(3, labels.max())

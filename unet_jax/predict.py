@@ -175,12 +175,16 @@ def _grey_for_display(image: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """uint8 RGB ``[H, W, 3]``: the image with object outlines (red) and a light tint."""
+  """uint8 RGB ``[H, W, 3]``: the image, each object tinted in its own colour and
+  outlined, so that merged and split cells are seen at a glance."""
+  from skimage.color import label2rgb
   from skimage.segmentation import find_boundaries
 
-  rgb = _grey_for_display(image).astype(np.float32)
-  objects = labels > 0
-  rgb[objects] = 0.8 * rgb[objects] + 0.2 * np.array([255, 220, 0], np.float32)
+  grey = _grey_for_display(image)
+  grey = grey if grey.ndim == 2 else grey[..., :3].mean(-1)
+  tinted = label2rgb(np.asarray(labels), image=grey.astype(np.float32) / 255.0, bg_label=0,
+                     alpha=0.35, image_alpha=1.0)
+  rgb = (np.clip(tinted, 0, 1) * 255).astype(np.float32)
   rgb[find_boundaries(labels, mode="inner")] = (255, 40, 40)
   return rgb.astype(np.uint8)
 
