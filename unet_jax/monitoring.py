@@ -165,5 +165,8 @@ class NullMonitor:
   def write_eval(self, step: int, scores: dict) -> None:
     del step, scores
 
+  def plot(self) -> None:
+    pass
+
   def close(self) -> None:
     pass
