@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv export-deps demo test test-fast clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Optional: ONNX export and bioimage.io packages (python -m unet_jax.export).
+export-deps: venv
+	$(PY) -m pip install -q -r requirements-export.txt
+	$(PY) -m pip install -q --no-deps jax2onnx==0.17.1
 
 demo: venv
 	$(PY) train.py --config configs/synthetic.py --workdir $(WORKDIR)
