@@ -24,14 +24,14 @@ from unet_jax.monitoring import RunMonitor
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-
 def run_cli(*args, timeout=600, env=None):
   """Runs a top-level script like a user would; returns CompletedProcess."""
   full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
   return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                         timeout=timeout, env=full_env)
 
+
+@pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
@@ -254,6 +254,7 @@ class _Terminal(io.StringIO):
 
 def _feed(monitor, steps=6):
   for step in range(1, steps + 1):
+    monitor.tick()  # one dispatched step (the loop fetches metrics later)
     monitor.update({"loss": 1.0 / step, "accuracy": 0.5})
     if step % 2 == 0:
       monitor.write_train(step)

@@ -27,7 +27,7 @@ _SUBMODULES = (
     "datasets", "distributed", "download", "errors", "evaluation", "export", "image_io",
     "inference", "input_pipeline", "instances", "layers", "losses", "metrics", "model",
     "monitoring", "onnx_predict", "parallel", "predict", "run_control", "submission",
-    "synthetic", "tiled_program", "tiling", "train_lib", "weight_maps",
+    "synthetic", "tiling", "train_lib", "weight_maps",
 )
 
 __all__ = [*_EXPORTS, "metrics"]

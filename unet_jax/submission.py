@@ -63,14 +63,14 @@ def write_preview(stack: np.ndarray, png: str | pathlib.Path,
   Returns:
     ``png``.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
   picks = sorted({min(max(int(s), 0), len(stack) - 1) for s in slices})
   rows = 1 if volume is None else 2
-  fig, axes = plt.subplots(rows, len(picks), figsize=(3.2 * len(picks), 3.3 * rows),
-                           squeeze=False)
+  fig = Figure(figsize=(3.2 * len(picks), 3.3 * rows))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(rows, len(picks), squeeze=False)
   for col, s in enumerate(picks):
     if volume is not None:
       axes[0, col].imshow(volume[s], cmap="gray")
@@ -83,7 +83,6 @@ def write_preview(stack: np.ndarray, png: str | pathlib.Path,
   png = pathlib.Path(png)
   png.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(png, dpi=60)
-  plt.close(fig)
   return png
 
 
