@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from unet_jax import instances
+
 _NAME = re.compile(r"^(?P<seq>[^/]+)/t(?P<frame>\d+)$")
 
 
@@ -42,12 +44,10 @@ def to_uint16(labels: np.ndarray) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 2:
     raise ValueError(f"a CTC mask is 2-D [H, W], got shape {labels.shape}")
-  ids = np.unique(labels[labels > 0])
-  if len(ids) > np.iinfo(np.uint16).max:
-    raise ValueError(f"{len(ids)} objects do not fit the CTC uint16 masks")
-  lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.uint16)
-  lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint16)
-  return lut[np.maximum(labels, 0)]
+  labels = instances.relabel_consecutive(labels)
+  if labels.max(initial=0) > np.iinfo(np.uint16).max:
+    raise ValueError(f"{labels.max()} objects do not fit the CTC uint16 masks")
+  return labels.astype(np.uint16)
 
 
 def write_results(out_dir: str | pathlib.Path, names: Sequence[str],

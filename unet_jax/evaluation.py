@@ -4,14 +4,14 @@ The library behind ``evaluate.py`` (and the periodic evaluation of training).
 ``config`` arguments are resolved configs (:func:`unet_jax.config_lib.resolve`):
 the eval tile size is ``config.eval_tile_size``.
 
-
 * ``evaluate_split``: scores a ``SegmentationData`` split with the protocol of
   its dataset (``datasets.spec(name).protocol``). "isbi" data (``isbi2012``,
   ``synthetic``: label 1 = cell interior, 0 = membrane) get the ISBI 2012
   protocol (``metrics.isbi_scores`` on the class-1 probability); "instance"
   data (``dic_hela``, ``phc_u373``, ``folder``) get the Cell Tracking
-  Challenge SEG of the 4-connected components of ``p_cell > 0.5`` plus
-  V_rand / V_info of those instances against the reference instances. The
+  Challenge SEG of the instances made from ``p_cell`` as ``config.instances``
+  says (:mod:`unet_jax.instances`), V_rand / V_info of those instances against
+  the reference instances, and merged / split / missed cell counts. The
   metrics are defined in docs/conventions.md.
 * ``write_submission``: the ISBI 2012 challenge file.
 

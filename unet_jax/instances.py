@@ -28,8 +28,9 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
+from unet_jax import metrics
+
 METHODS = ("components", "watershed")
-_FOUR = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,11 @@ class InstanceParams:
 
 
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-  """Ids 1..n in order of first appearance of the old ids' values; 0 stays 0."""
-  labels = np.asarray(labels)
-  ids = np.unique(labels)
-  lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, np.int32)
-  lut[ids[ids > 0]] = np.arange(1, int((ids > 0).sum()) + 1, dtype=np.int32)
+  """int32 ids 1..n in the order of the old ids' values; 0 (and below) stays 0."""
+  labels = np.maximum(np.asarray(labels), 0)
+  ids = np.unique(labels[labels > 0])
+  lut = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+  lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
   return lut[labels]
 
 
@@ -105,11 +106,6 @@ def fill_separation_gaps(labels: np.ndarray) -> np.ndarray:
   return np.where(gap, expand_labels(labels, distance=2), labels).astype(np.int32)
 
 
-def components(cell_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-  """4-connected components of ``cell_prob > threshold``; int32 ``[H, W]``."""
-  return ndimage.label(np.asarray(cell_prob) > threshold, structure=_FOUR)[0].astype(np.int32)
-
-
 def seeded_watershed(cell_prob: np.ndarray, threshold: float = 0.5,
                      seed_threshold: float = 0.9, seed_radius: int = 2,
                      min_seed_size: int = 0) -> np.ndarray:
@@ -131,10 +127,10 @@ def seeded_watershed(cell_prob: np.ndarray, threshold: float = 0.5,
   cores = p > max(seed_threshold, threshold)
   if seed_radius > 0:
     cores = ndimage.binary_erosion(cores, structure=disk(seed_radius))
-  seeds = remove_small(ndimage.label(cores, structure=_FOUR)[0], min_seed_size)
+  seeds = remove_small(metrics.components(cores), min_seed_size)
   labels = watershed(1.0 - p, markers=seeds, mask=mask, connectivity=1)
   # Parts of the mask that hold no seed (small or faint cells) stay objects.
-  rest = ndimage.label(mask & (labels == 0), structure=_FOUR)[0]
+  rest = metrics.components(mask & (labels == 0))
   return np.where(rest > 0, rest + labels.max(), labels).astype(np.int32)
 
 
@@ -142,7 +138,7 @@ def from_probability(cell_prob: np.ndarray, params: InstanceParams = InstancePar
                      ) -> np.ndarray:
   """Instances of one image's ``p(cell)`` ``[H, W]``; int32 ``[H, W]``, 0 = background."""
   if params.method == "components":
-    labels = components(cell_prob, params.threshold)
+    labels = metrics.components(np.asarray(cell_prob) > params.threshold)
   elif params.method == "watershed":
     labels = seeded_watershed(cell_prob, params.threshold, params.seed_threshold,
                               params.seed_radius, params.min_size)
@@ -180,8 +176,8 @@ def merge_split_counts(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
   covers = 2 * table[1:, 1:] > ref_sizes[None, 1:]       # [P, R]
   belongs = 2 * table[1:, 1:] > pred_sizes[1:, None]      # [P, R]
   cells_covered = covers.sum(1)                           # per predicted object
-  merged = covers[cells_covered >= 2].any(0).sum() if n_p else 0
-  split = (belongs.sum(0) >= 2).sum() if n_p else 0
-  missed = (~covers.any(0)).sum() if n_p else n_r
+  merged = covers[cells_covered >= 2].any(0).sum()
+  split = (belongs.sum(0) >= 2).sum()
+  missed = (~covers.any(0)).sum()
   return {"cells": n_r, "merged": int(merged), "split": int(split), "missed": int(missed),
           "predicted": n_p}
