@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_schedule = "poly"        # poly (power 0.9) | constant
   c.warmup_steps = 100          # linear warmup from 0 (a safety margin, see README)
   c.grad_clip_norm = 5.0        # global-norm clipping (0 = off); see README
+  c.ema_decay = 0.0             # >0: evaluate/keep a moving average of the params (not in the paper)
   c.num_steps = 20000
   c.seed = 0
 

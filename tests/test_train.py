@@ -85,9 +85,9 @@ def test_train_step_compiles_once(tiny_config, tmp_path, monkeypatch):
   traces = []
   step_fn = train_lib.train_step_fn
 
-  def counting_step_fn(*args):
+  def counting_step_fn(*args, **kwargs):
     traces.append(1)  # runs only while tracing
-    return step_fn(*args)
+    return step_fn(*args, **kwargs)
 
   monkeypatch.setattr(train_lib, "train_step_fn", counting_step_fn)
   c = tiny_config
@@ -112,6 +112,41 @@ def test_resume_is_bit_identical(tiny_config, tmp_path):
   _assert_trees_equal(straight, split)
   # and training did change the parameters
   assert not np.array_equal(jax.tree.leaves(_init_params(c))[0], jax.tree.leaves(straight)[0])
+
+
+def test_parameter_average_follows_its_recurrence_and_is_what_inference_loads(
+    tiny_config, tmp_path):
+  """ema_decay > 0: the averaged parameters equal a NumPy re-computation of
+  e_t = d_t e_{t-1} + (1 - d_t) p_t, d_t = min(decay, (1 + t) / (10 + t)),
+  from the raw parameters of every step's checkpoint; they survive resume and
+  are what load_for_inference returns."""
+  c = tiny_config
+  c.eval_every, c.num_steps, c.checkpoint_every, c.keep_checkpoints = 0, 4, 1, 10
+  c.ema_decay = 0.5
+  train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  saved = config_lib.load_saved(tmp_path / "run")
+  abstract = train_lib.create_train_state(saved, model_lib.from_config(saved),
+                                          jax.random.PRNGKey(0))
+  mgr = checkpoint.train_manager(tmp_path / "run", 10)
+  states = [mgr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                        ).state for s in (1, 2, 3, 4)]
+  mgr.close()
+  ema = _init_params(c)
+  for t, st in enumerate(states):
+    d = min(0.5, (1 + t) / (10 + t))
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), ema, st.params)
+  loaded = _params(tmp_path / "run")
+  for x, y, raw in zip(jax.tree.leaves(ema), jax.tree.leaves(loaded),
+                       jax.tree.leaves(states[-1].params)):
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+  assert not all(np.array_equal(y, np.asarray(r)) for y, r in
+                 zip(jax.tree.leaves(loaded), jax.tree.leaves(states[-1].params)))
+  # resume: 2 + 2 steps give the same average as 4 straight steps
+  c.num_steps = 2
+  train_lib.train_and_evaluate(c, str(tmp_path / "split"))
+  c.num_steps = 4
+  train_lib.train_and_evaluate(c, str(tmp_path / "split"))
+  _assert_trees_equal(loaded, _params(tmp_path / "split"))
 
 
 def test_corrupt_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):

@@ -147,6 +147,11 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
   for key, tta in (("no_tta", False), ("tta", True)):
     result[key] = evaluation.evaluate_split(model, variables, data, saved,
                                             out_dir=workdir / f"heldout_{key}", tta=tta)
+  if saved.ema_decay > 0 and select == "last":
+    # the same run's raw parameters at the last step: what the average buys
+    _, _, raw = inference.load_for_inference(workdir, "latest", average=False)
+    result["no_ema"] = evaluation.evaluate_split(model, raw, data, saved,
+                                                 out_dir=workdir / "heldout_no_ema", tta=True)
   (workdir / "heldout.json").write_text(json.dumps(result, indent=2, allow_nan=True))
   return result
 

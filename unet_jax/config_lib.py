@@ -26,7 +26,7 @@ ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels", "padding")
 # those runs (so their workdirs still load).
 FIELDS_ADDED_LATER = {
     "classifier_init_scale": 1.0, "heldout_indices": "", "padding": "valid",
-    "mask_kind": "binary",
+    "mask_kind": "binary", "ema_decay": 0.0,
     # the paper's way: 4-connected components of p(cell) > 0.5
     "instances": {"method": "components", "threshold": 0.5, "seed_threshold": 0.9,
                   "seed_radius": 2, "min_size": 0, "fill_gaps": True},
@@ -78,6 +78,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("learning_rate", c.learning_rate, "must be > 0")
   if not 0.0 <= c.momentum < 1.0:
     _fail("momentum", c.momentum, "must be in [0, 1)")
+  if not 0.0 <= c.ema_decay < 1.0:
+    _fail("ema_decay", c.ema_decay, "must be in [0, 1) (0 = no parameter average)")
   if c.class_weights not in ("balanced", "none"):
     _fail("class_weights", c.class_weights, "must be 'balanced' or 'none'")
   if c.lr_schedule not in ("poly", "constant"):

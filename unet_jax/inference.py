@@ -29,7 +29,8 @@ def _on_default_device(abstract: Any) -> Any:
                       abstract)
 
 
-def load_for_inference(workdir: str | pathlib.Path, which: str = "best"
+def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
+                       average: bool = True
                        ) -> tuple[ml_collections.ConfigDict, model_lib.UNet, dict]:
   """Loads a trained model for prediction.
 
@@ -37,6 +38,9 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best"
     workdir: the training run's workdir.
     which: "best" (the best held-out checkpoint; falls back to the latest if
       no held-out evaluation ran) or "latest".
+    average: with "latest", the parameter average if the run kept one
+      (``config.ema_decay > 0``; the best checkpoint always holds it), else
+      the raw parameters of the last step.
   Returns:
     ``(config, model, variables)``: the run's resolved config
     (:func:`unet_jax.config_lib.resolve`), the UNet, and ``{"params": ...}``.
@@ -65,4 +69,5 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best"
     raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
                          f"(python train.py --config ... --workdir {workdir})")
   log.info("loaded the latest checkpoint (step %d) of %s", restored[1], workdir)
-  return config, model, {"params": restored[0].params}
+  state = restored[0]
+  return config, model, {"params": train_lib.eval_params(state) if average else state.params}

@@ -47,11 +47,39 @@ Batch = dict[str, Any]  # {"image": [B,T,T,C], "label": [B,O,O], "weight": [B,O,
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a step changes. The rng stays fixed; each step folds in its index."""
+  """Everything a step changes. The rng stays fixed; each step folds in its index.
+
+  ``ema_params`` is the exponential moving average of ``params`` when
+  ``config.ema_decay > 0`` (evaluated, kept as the best model and exported
+  instead of the raw parameters; see :func:`eval_params`), else None.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = None
+
+
+def eval_params(state: TrainState) -> Any:
+  """The parameters to evaluate and keep: the moving average if there is one."""
+  return state.params if state.ema_params is None else state.ema_params
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """One step of the parameter average ``ema <- d ema + (1 - d) params``.
+
+  ``d = min(decay, (1 + step) / (10 + step))``: the usual warm-up of the decay
+  (as in TensorFlow's ExponentialMovingAverage with ``num_updates``), so that
+  an early average is not dominated by the random initialisation.
+
+  Args:
+    ema, params: pytrees of the same structure.
+    step: number of updates already applied to ``params`` (scalar int).
+    decay: the final decay, in (0, 1).
+  """
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 # --------------------------------------------------------------------------
@@ -97,7 +125,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: model_lib.UNet,
   init_rng, rng = jax.random.split(rng)
   params = model_lib.init_params(model, init_rng, config.in_channels)
   opt_state = make_optimizer(config).init(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+  # a copy, not an alias: the train step donates the whole state
+  ema = jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng,
+                    ema_params=ema)
 
 
 # --------------------------------------------------------------------------
@@ -116,8 +147,13 @@ def _metrics(loss, logits, labels, grad_norm=None):
 
 
 def train_step_fn(model: model_lib.UNet, tx: optax.GradientTransformation,
-                  state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-  """One SGD step on the pixel-weighted cross-entropy (un-jitted, pure)."""
+                  state: TrainState, batch: Batch, ema_decay: float = 0.0
+                  ) -> tuple[TrainState, dict]:
+  """One SGD step on the pixel-weighted cross-entropy (un-jitted, pure).
+
+  With ``ema_decay > 0`` the state's parameter average is updated too
+  (:func:`ema_update`).
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
@@ -128,7 +164,11 @@ def train_step_fn(model: model_lib.UNet, tx: optax.GradientTransformation,
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  ema = state.ema_params
+  if ema_decay > 0:
+    ema = ema_update(ema, params, state.step, ema_decay)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema)
   return new_state, _metrics(loss, logits, batch["label"], optax.global_norm(grads))
 
 
@@ -138,11 +178,12 @@ def make_train_step(model: model_lib.UNet, config: ml_collections.ConfigDict,
 
   Args:
     model: the UNet.
-    config: for the optimizer.
+    config: for the optimizer and ``ema_decay``.
     mesh: optional ``jax.sharding.Mesh`` with a "data" axis: the batch is split
       over it and the state replicated (data parallel). None = default device.
   """
-  fn = functools.partial(train_step_fn, model, make_optimizer(config))
+  fn = functools.partial(train_step_fn, model, make_optimizer(config),
+                         ema_decay=config.ema_decay)
   if mesh is None:
     return jax.jit(fn, donate_argnums=0,
                    compiler_options=layers.xla_compiler_options() or None)
@@ -447,7 +488,7 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
 
   # Every process scores the (small) validation set with its local copy of the
   # parameters; process 0's score decides, so that all join the same save.
-  scores = evaluation.evaluate_split(model, {"params": distributed.local_copy(state.params)},
+  scores = evaluation.evaluate_split(model, {"params": distributed.local_copy(eval_params(state))},
                                      val_data, config, progress=False)
   monitor.write_eval(step, scores)
   value = float(scores[primary])
@@ -457,6 +498,6 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
   if best is None or value > best.get(primary, -np.inf):
     best = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
     best.update({"step": step, primary: value})
-    checkpoint.save_best(workdir, step, state.params, best)
+    checkpoint.save_best(workdir, step, eval_params(state), best)
     log.info("new best %s %.4f at step %d", primary, value, step)
   return best
