@@ -30,6 +30,9 @@ flags.DEFINE_string("input", None, "predict: a file, folder or multi-page TIFF/P
                     "submission: the test volume (default DATA/isbi2012/test-volume.tif).")
 flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to load.")
+flags.DEFINE_bool("param_average", True, "For a run that kept a moving average of the "
+                  "parameters (config.ema_decay > 0): use it; --noparam_average: the raw "
+                  "parameters (with --checkpoint latest).")
 flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmentation).")
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
 flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
@@ -77,7 +80,8 @@ def main(argv):
   elif not FLAGS.workdir:
     raise UserInputError("--workdir is required (the training run's directory)")
   else:
-    saved, model, variables = inference.load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+    saved, model, variables = inference.load_for_inference(
+        FLAGS.workdir, FLAGS.checkpoint, average=FLAGS.param_average)
     config = _config(saved)
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)

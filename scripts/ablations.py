@@ -39,24 +39,34 @@ flags.DEFINE_string("train_indices", "0-19", "Training slices.")
 flags.DEFINE_string("val_indices", "20-24", "Validation slices (checkpoint choice only).")
 flags.DEFINE_string("heldout_indices", "25-29", "Held-out slices (scored, never used to choose).")
 flags.DEFINE_string("out", "results/ablations.md", "The markdown table to write.")
+flags.DEFINE_bool("table_only", False, "Train nothing: tabulate every finished run under "
+                  "--root (e.g. after runs made by several invocations).")
 
 
 def main(argv):
   del argv
   if FLAGS.config is None or not FLAGS.root or not FLAGS.num_steps:
     raise UserInputError("--config, --root and --num_steps are required")
+  protocol = dict(train_indices=FLAGS.train_indices, val_indices=FLAGS.val_indices,
+                  heldout_indices=FLAGS.heldout_indices, select=FLAGS.select)
+  base_name = config_flags.get_config_filename(FLAGS["config"])
+  command = shlex.join(["python"] + sys.argv)
+  if FLAGS.table_only:
+    results = ablations.collect(FLAGS.root)
+    if not results:
+      raise UserInputError(f"no finished runs under {FLAGS.root}: run without --table_only")
+    path = ablations.write_table(results, FLAGS.out, base_name=base_name,
+                                 num_steps=FLAGS.num_steps, command=command, **protocol)
+    print(f"wrote {path}")
+    return
   try:
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
     raise UserInputError(f"--seeds must be integers, e.g. 0,1 (got {FLAGS.seeds})") from None
-  protocol = dict(train_indices=FLAGS.train_indices, val_indices=FLAGS.val_indices,
-                  heldout_indices=FLAGS.heldout_indices, select=FLAGS.select)
   results = ablations.run_ablations(FLAGS.config, FLAGS.root, num_steps=FLAGS.num_steps,
                                     seeds=seeds, rows=FLAGS.rows, **protocol)
-  base_name = config_flags.get_config_filename(FLAGS["config"])
   path = ablations.write_table(results, FLAGS.out, base_name=base_name,
-                               num_steps=FLAGS.num_steps,
-                               command=shlex.join(["python"] + sys.argv), **protocol)
+                               num_steps=FLAGS.num_steps, command=command, **protocol)
   print(f"wrote {path}")
 
 

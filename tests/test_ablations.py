@@ -57,11 +57,42 @@ def test_tiny_ablation_run_and_table(tiny_config, tmp_path):
   again = ablations.run_ablations(base, tmp_path / "runs", **kwargs)
   assert again == json.loads((tmp_path / "runs" / "ablations.json").read_text())
   assert again["paper"][0]["train_seconds"] == results["paper"][0]["train_seconds"]
+  assert ablations.collect(tmp_path / "runs") == again  # the --table_only path
   path = ablations.write_table(results, tmp_path / "ablations.md", base_name="tiny",
                                num_steps=2, select="best", train_indices="0-1",
                                val_indices="2", heldout_indices="3")
   text = path.read_text()
   assert "**same_padding**" in text and "**no_tta**" in text
+
+
+def test_run_with_a_parameter_average_scores_raw_and_average(tiny_config, tmp_path,
+                                                            monkeypatch):
+  """ema_decay > 0, last checkpoint: "tta"/"no_tta" score the raw last parameters,
+  "ema_tta" their average (which parameters each evaluation received is recorded)."""
+  import jax
+  from unet_jax import evaluation, inference
+
+  seen = []
+  evaluate = evaluation.evaluate_split
+
+  def recording(model, variables, data, config, **kwargs):
+    scores = evaluate(model, variables, data, config, **kwargs)
+    seen.append((variables["params"], kwargs["tta"], scores))
+    return scores
+
+  monkeypatch.setattr(evaluation, "evaluate_split", recording)
+  c = ablations.row_config(tiny_config, _row("paper"), 0, 2, train_indices="0-1",
+                           val_indices="", heldout_indices="3", select="last")
+  c.ema_decay = 0.5
+  run = ablations.run_one(c, tmp_path / "run", select="last")
+  raw = inference.load_for_inference(tmp_path / "run", "latest", average=False)[2]["params"]
+  avg = inference.load_for_inference(tmp_path / "run", "latest")[2]["params"]
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in  # noqa: E731
+                          zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert not same(raw, avg)
+  assert [(same(p, raw), same(p, avg), tta) for p, tta, _ in seen] == [
+      (True, False, False), (True, False, True), (False, True, True)]
+  assert [run[k] for k in ("no_tta", "tta", "ema_tta")] == [s for _, _, s in seen]
 
 
 def _fake_run(seed, vrand, minutes=10.0):
@@ -84,3 +115,16 @@ def test_table_mean_range_and_seed_spread():
   assert "lower, beyond the seed spread" in by_name["w0_0"]
   assert "within the seed spread" in by_name["momentum_0.9"]
   assert "10.0 [10.0, 10.0]" in by_name["paper"]  # wall time in minutes
+
+
+def test_table_rows_scored_on_the_same_runs():
+  """no_tta and ema: other scores of the base recipe's runs, compared with its range."""
+  paper = [_fake_run(0, 0.95), _fake_run(1, 0.97), _fake_run(2, 0.96)]
+  for r, averaged in zip(paper, (0.90, 0.91, 0.92)):
+    r["ema_tta"] = dict(r["tta"], vrand=averaged)
+  lines = ablations.table_lines({"paper": paper, "w0_0": [_fake_run(0, 0.9), _fake_run(1, 0.9)]})
+  by_name = {line.split("**")[1]: line for line in lines[2:]}
+  assert list(by_name) == ["paper", "no_tta", "ema", "w0_0"]
+  assert "| 0,1,2 |" in by_name["paper"] and "0.9100 [0.9000, 0.9200]" in by_name["ema"]
+  assert "lower, beyond the seed spread" in by_name["ema"]
+  assert "within the seed spread" in by_name["no_tta"]  # 0.94-0.96 overlaps 0.95-0.97

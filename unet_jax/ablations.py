@@ -9,7 +9,9 @@ ingredient changed (``ROWS``). For every row and seed the runner
    (``select="last"``), so that the held-out slices never choose anything;
 2. scores that checkpoint on the held-out slices (ISBI 25-29) with and without
    test-time augmentation (the paper averages rotated versions of the input,
-   Table 1; the "no TTA" row is the paper's recipe scored without it);
+   Table 1; the "no TTA" row is the paper's recipe scored without it); with
+   ``ema_decay > 0`` and the last checkpoint, the raw parameters are scored and
+   their moving average separately (the "ema" row);
 3. records the training wall time (including the periodic validation).
 
 ``write_table`` turns the per-run scores into ``results/ablations.md``: mean
@@ -139,19 +141,21 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
   seconds += time.perf_counter() - start
   timing_path.write_text(json.dumps({"seconds": seconds}))
 
-  saved, model, variables = inference.load_for_inference(
-      workdir, "best" if select == "best" else "latest")
+  which = "best" if select == "best" else "latest"
+  # With a parameter average and the last checkpoint, the rows score the raw
+  # parameters (the paper's model) and the average separately ("ema_tta").
+  both = config.ema_decay > 0 and select == "last"
+  saved, model, variables = inference.load_for_inference(workdir, which, average=not both)
   data = datasets.load_split(saved, "heldout")
   result = {"train_seconds": seconds, "select": select,
             "best": checkpoint.best_score(workdir) if select == "best" else None}
   for key, tta in (("no_tta", False), ("tta", True)):
     result[key] = evaluation.evaluate_split(model, variables, data, saved,
                                             out_dir=workdir / f"heldout_{key}", tta=tta)
-  if saved.ema_decay > 0 and select == "last":
-    # the same run's raw parameters at the last step: what the average buys
-    _, _, raw = inference.load_for_inference(workdir, "latest", average=False)
-    result["no_ema"] = evaluation.evaluate_split(model, raw, data, saved,
-                                                 out_dir=workdir / "heldout_no_ema", tta=True)
+  if both:
+    _, _, average = inference.load_for_inference(workdir, which)
+    result["ema_tta"] = evaluation.evaluate_split(model, average, data, saved,
+                                                  out_dir=workdir / "heldout_ema_tta", tta=True)
   (workdir / "heldout.json").write_text(json.dumps(result, indent=2, allow_nan=True))
   return result
 
@@ -188,6 +192,24 @@ def run_ablations(base: ml_collections.ConfigDict, root: str | pathlib.Path, *,
   return results
 
 
+def collect(root: str | pathlib.Path) -> dict[str, list[dict]]:
+  """The finished runs under ``root`` (``root/<row>/seed<k>/heldout.json``), in
+  ``ROWS`` order, seeds ascending; the same layout as ``run_ablations`` returns.
+
+  For a table over runs made by several invocations (e.g. a third seed of one
+  row only).
+  """
+  root = pathlib.Path(root)
+  results: dict[str, list[dict]] = {}
+  for row in ROWS:
+    runs = []
+    for path in (root / row.name).glob("seed*/heldout.json"):
+      runs.append({"seed": int(path.parent.name[len("seed"):]), **_read_json(path)})
+    if runs:
+      results[row.name] = sorted(runs, key=lambda r: r["seed"])
+  return results
+
+
 # --------------------------------------------------------------------------
 # The table.
 # --------------------------------------------------------------------------
@@ -213,7 +235,7 @@ _DIGITS = {"vrand": 4, "vinfo": 4, "pixel_error": 4, "warping_error": 6, "train_
 
 def _spread_note(runs: list[dict], paper: list[dict] | None, key: str) -> str:
   """Whether the row's V_rand range and the paper recipe's are disjoint."""
-  if paper is None or runs is paper or len(runs) < 2 or len(paper) < 2:
+  if paper is None or len(runs) < 2 or len(paper) < 2:
     return "—"
   a, b = _values(runs, key, "vrand"), _values(paper, "tta", "vrand")
   if a.max() < b.min():
@@ -232,8 +254,11 @@ def table_lines(results: dict[str, list[dict]]) -> list[str]:
   if paper is not None:
     entries.insert(1, (Row("no_tta", "the paper's recipe scored without test-time "
                            "augmentation (same checkpoints)", {}), "no_tta"))
+  if paper is not None and all("ema_tta" in r for r in paper):
+    entries.insert(2, (Row("ema", "a moving average of the parameters (not in the paper) "
+                           "instead of the last step's (same runs)", {}), "ema_tta"))
   for row, key in entries:
-    runs = results["paper" if row.name == "no_tta" else row.name]
+    runs = results["paper" if row.name in ("no_tta", "ema") else row.name]
     cells = [_cell(_values(runs, key, c), _DIGITS[c]) for c in COLUMNS]
     seeds = ",".join(str(r["seed"]) for r in runs)
     note = _spread_note(runs, paper, key) if row.name != "paper" else "—"

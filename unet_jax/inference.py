@@ -38,15 +38,15 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
     workdir: the training run's workdir.
     which: "best" (the best held-out checkpoint; falls back to the latest if
       no held-out evaluation ran) or "latest".
-    average: with "latest", the parameter average if the run kept one
-      (``config.ema_decay > 0``; the best checkpoint always holds it), else
-      the raw parameters of the last step.
+    average: the parameter average if the run kept one (``config.ema_decay >
+      0``), else the raw parameters; the best checkpoint holds only the
+      average, so ``average=False`` needs ``which="latest"`` for such runs.
   Returns:
     ``(config, model, variables)``: the run's resolved config
     (:func:`unet_jax.config_lib.resolve`), the UNet, and ``{"params": ...}``.
   Raises:
-    UserInputError: no config.json or no checkpoint in ``workdir``, or a bad
-      ``which``.
+    UserInputError: no config.json or no checkpoint in ``workdir``, a bad
+      ``which``, or raw parameters asked of a best checkpoint that has none.
   """
   if which not in ("best", "latest"):
     raise UserInputError(f"--checkpoint must be 'best' or 'latest', got {which!r}")
@@ -54,6 +54,9 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
   config = config_lib.resolve(config_lib.load_saved(workdir))
   model = model_lib.from_config(config)
   rng = jax.random.PRNGKey(0)
+  if which == "best" and not average and config.ema_decay > 0:
+    raise UserInputError("the best checkpoint of a run with a parameter average holds only "
+                         "the average: use --checkpoint latest for the raw parameters")
   if which == "best":
     abstract = _on_default_device(jax.eval_shape(
         lambda: model_lib.init_params(model, rng, config.in_channels)))
