@@ -1,0 +1,26 @@
+"""ISBI 2012 on a CPU with the paper's tile size: 572x572 inputs, 16 features.
+
+    python train.py --config configs/isbi_cpu_572.py --workdir W   # ~30 min on a free 2-core CPU
+    python evaluate.py --workdir W --mode heldout --tta             # slices 25-29
+
+configs/isbi_cpu.py with the paper's 572x572 input tiles (388x388 output)
+instead of 252x252 (68x68 output): each step supervises 150,544 pixels instead
+of 4,624, at about 6x the time per step, so 2500 steps instead of 5000. Why:
+the SAME-padding ablation (results/ablations.md), which supervises 14x more
+pixels per step than the 252 recipe, scored far higher, so the small output
+tile, not the paper's ingredients, limited the 252 recipe.
+
+The settings were checked on a validation split carved from the training
+slices (train 0-19, validation 20-24; results/isbi_cpu_572/validation/); the
+reported runs then train on 0-24, keep the *last* checkpoint and score 25-29
+once (results/isbi_cpu_572/seed*).
+"""
+
+from configs import isbi_cpu
+
+
+def get_config():
+  c = isbi_cpu.get_config()
+  c.tile_size = 572       # the paper's tile: output 388x388
+  c.num_steps = 2500
+  return c
