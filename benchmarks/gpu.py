@@ -302,6 +302,9 @@ def main(argv=None) -> dict:
   p.add_argument("--warmup", type=int, default=None, help="untimed calls (default 3; tiny 1)")
   p.add_argument("--variants", default="jax,torch,torch.compile")
   p.add_argument("--skip_torch_compile", action="store_true")
+  p.add_argument("--cases", default=None,
+                 help="SIZExBATCHxDTYPE,... e.g. 1084x4xbfloat16 (default: the four cases; "
+                 "with --tiny, the toy ones)")
   p.add_argument("--compile_batch", type=int, default=0,
                  help="run torch.compile only for cases of this batch size (0 = all); "
                  "each torch.compile build takes about a minute of the lease")
@@ -314,6 +317,8 @@ def main(argv=None) -> dict:
   import jax
   tiny = args.tiny
   cases = TINY_CASES if tiny else FULL_CASES
+  if args.cases:
+    cases = tuple((int(n), int(b), d) for n, b, d in (c.split("x") for c in args.cases.split(",")))
   features = 8 if tiny else 64
   reps = args.reps or (2 if tiny else 20)
   warmup = args.warmup or (1 if tiny else 3)

@@ -1,5 +1,6 @@
 """Shared fixtures: the real data folder, a tiny config, and one trained tiny run."""
 
+import fcntl
 import os
 import pathlib
 import shutil
@@ -15,16 +16,22 @@ sys.path.insert(0, str(REPO))  # so `import configs...` works from any cwd
 _XLA_CACHE = pytest.StashKey[str]()
 
 
+_SHARED = "UNET_JAX_TEST_SHARED_DIR"  # set by the main pytest process, inherited by workers
+
+
 def pytest_configure(config):
-  """One XLA compilation cache for the session, shared with the CLI subprocesses.
+  """One XLA compilation cache for the session, shared with the CLI subprocesses
+  and the pytest-xdist workers.
 
   Many tests train the same tiny net; JAX's persistent cache turns the second
   and later compilations of the same program into a disk read. It only
   reuses identical programs, so results are unchanged.
   """
   import jax
-  cache = tempfile.mkdtemp(prefix="unet_jax_test_xla_cache_")
-  config.stash[_XLA_CACHE] = cache
+  if _SHARED not in os.environ:  # the main process (workers inherit its environment)
+    os.environ[_SHARED] = tempfile.mkdtemp(prefix="unet_jax_test_")
+    config.stash[_XLA_CACHE] = os.environ[_SHARED]
+  cache = os.path.join(os.environ[_SHARED], "xla_cache")
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = cache  # for train.py / evaluate.py subprocesses
@@ -34,6 +41,26 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
   if _XLA_CACHE in config.stash:
     shutil.rmtree(config.stash[_XLA_CACHE], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _serial_tests_run_alone(request):
+  """A readers-writer lock across the pytest-xdist workers: every test holds it
+  shared, a test marked ``serial`` holds it exclusively, so it starts only when
+  no other test is running and none starts beside it. Without workers it is a no-op
+  in effect (one process, one test at a time).
+
+  Why: the 2-process training test's processes must reach their collective
+  set-up within gloo's fixed 30-s deadline; beside another test on a 2-core
+  machine one of them can starve past it.
+  """
+  exclusive = request.node.get_closest_marker("serial") is not None
+  with open(os.path.join(os.environ[_SHARED], "serial.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def shared_data_dir() -> pathlib.Path:

@@ -83,6 +83,7 @@ def _train_rows(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(tiny_config,
                                                                           tmp_path):
   """2 CPU processes (global batch 2, 1 sample each) log the losses of 1 process (batch 2);
