@@ -141,11 +141,16 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
   seconds += time.perf_counter() - start
   timing_path.write_text(json.dumps({"seconds": seconds}))
 
-  which = "best" if select == "best" else "latest"
   # With a parameter average and the last checkpoint, the rows score the raw
-  # parameters (the paper's model) and the average separately ("ema_tta").
+  # parameters (the paper's model) and the average separately ("ema_tta"),
+  # both from one restore of the latest train state.
   both = config.ema_decay > 0 and select == "last"
-  saved, model, variables = inference.load_for_inference(workdir, which, average=not both)
+  if both:
+    saved, model, state = inference.load_latest_state(workdir)
+    variables = {"params": state.params}
+  else:
+    saved, model, variables = inference.load_for_inference(
+        workdir, "best" if select == "best" else "latest")
   data = datasets.load_split(saved, "heldout")
   result = {"train_seconds": seconds, "select": select,
             "best": checkpoint.best_score(workdir) if select == "best" else None}
@@ -153,7 +158,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
     result[key] = evaluation.evaluate_split(model, variables, data, saved,
                                             out_dir=workdir / f"heldout_{key}", tta=tta)
   if both:
-    _, _, average = inference.load_for_inference(workdir, which)
+    average = {"params": train_lib.eval_params(state)}
     result["ema_tta"] = evaluation.evaluate_split(model, average, data, saved,
                                                   out_dir=workdir / "heldout_ema_tta", tta=True)
   (workdir / "heldout.json").write_text(json.dumps(result, indent=2, allow_nan=True))

@@ -65,12 +65,31 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
       log.info("loaded the best checkpoint (step %d) of %s", restored[1], workdir)
       return config, model, {"params": restored[0]}
     log.info("no best checkpoint in %s; using the latest", workdir)
+  state = _restore_latest(workdir, config, model)
+  return config, model, {"params": train_lib.eval_params(state) if average else state.params}
+
+
+def load_latest_state(workdir: str | pathlib.Path
+                      ) -> tuple[ml_collections.ConfigDict, model_lib.UNet, train_lib.TrainState]:
+  """The run's resolved config, its UNet and the whole train state of the latest
+  checkpoint (raw ``params`` and, if kept, ``ema_params``), restored once.
+
+  Raises:
+    UserInputError: no config.json or no checkpoint in ``workdir``.
+  """
+  workdir = pathlib.Path(workdir)
+  config = config_lib.resolve(config_lib.load_saved(workdir))
+  model = model_lib.from_config(config)
+  return config, model, _restore_latest(workdir, config, model)
+
+
+def _restore_latest(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                    model: model_lib.UNet) -> train_lib.TrainState:
   abstract_state = _on_default_device(jax.eval_shape(
-      lambda: train_lib.create_train_state(config, model, rng)))
+      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0))))
   restored = checkpoint.restore_latest_state(workdir, abstract_state)
   if restored is None:
     raise UserInputError(f"no checkpoint in {workdir}/checkpoints: train first "
                          f"(python train.py --config ... --workdir {workdir})")
   log.info("loaded the latest checkpoint (step %d) of %s", restored[1], workdir)
-  state = restored[0]
-  return config, model, {"params": train_lib.eval_params(state) if average else state.params}
+  return restored[0]
