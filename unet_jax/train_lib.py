@@ -235,20 +235,24 @@ def check_finite(steps: list[tuple[int, dict]], config: ml_collections.ConfigDic
             f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}")
 
 
-def check_params_finite(state: TrainState, first: int, last: int,
-                        config: ml_collections.ConfigDict, last_checkpoint: int | None,
-                        workdir: str) -> None:
-  """Raises NonFiniteError if the parameters hold a NaN/Inf (checked on the device).
+def save_checkpoint(manager: Any, step: int, state: TrainState, data_iter: Any, first: int,
+                    config: ml_collections.ConfigDict, last_checkpoint: int | None,
+                    workdir: str) -> None:
+  """``checkpoint.save``, with the training's message if the parameters hold a NaN/Inf.
 
   The loss of step s is computed from the parameters before that step's
-  update, so finite metrics do not prove finite parameters: this check runs
-  before every save, and no checkpoint with non-finite values is written.
+  update, so finite metrics do not prove finite parameters: ``checkpoint.save``
+  checks them on the device before writing, and writes nothing if they are
+  not finite. Here that refusal names the steps since the last checkpoint
+  (``first`` to ``step``) and what is kept.
   """
-  if not checkpoint.all_finite(state.params):
+  try:
+    checkpoint.save(manager, step, state, data_iter)
+  except NonFiniteError:
     raise NonFiniteError(
-        f"steps {first}-{last}: the parameters after step {last} contain "
+        f"steps {first}-{step}: the parameters after step {step} contain "
         f"non-finite values; they were not saved. Training stopped; "
-        f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}")
+        f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}") from None
 
 
 # --------------------------------------------------------------------------
@@ -467,9 +471,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
       if log_now:
         monitor.write_train(step, {"learning_rate": float(schedule(step - 1))})
       if save_now:
-        check_params_finite(state, (last_ckpt or start) + 1, step, config, last_ckpt,
-                            str(workdir))
-        checkpoint.save(manager, step, state, data_iter)
+        save_checkpoint(manager, step, state, data_iter, (last_ckpt or start) + 1, config,
+                        last_ckpt, str(workdir))
         last_ckpt = step
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
       if eval_now:
