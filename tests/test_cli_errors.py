@@ -226,7 +226,8 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path):
 def test_dry_run_needs_no_data(tmp_path):
   proc = run_cli("train.py", "--config", "configs/isbi.py", "--config.dataset=folder",
                  f"--config.data_dir={tmp_path / 'nothing'}", "--config.features=2",
-                 "--config.tile_size=204", "--dry_run", env={"UNET_JAX_DATA": ""})
+                 "--config.depth=2", "--config.tile_size=60", "--dry_run",
+                 env={"UNET_JAX_DATA": ""})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "sizes are for in_channels=1" in proc.stdout and "one train step" in proc.stdout
 

@@ -82,17 +82,34 @@ def _train_rows(workdir):
   return [r for r in map(json.loads, path.read_text().splitlines()) if r["split"] == "train"]
 
 
+_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+  """The 1-process reference (global batch 2): ``(losses by step, final state)``.
+
+  Module scope, so it is built before the serial test takes its exclusive lock
+  (tests/conftest.py) and the other pytest worker keeps running meanwhile.
+  """
+  from configs import tiny
+  c = tiny.get_config()
+  c.batch_size, c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 2, _STEPS, 0, 1, 4
+  work = tmp_path_factory.mktemp("one_process")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("UNET_JAX_CACHE", str(work / "cache"))
+    state = train_lib.train_and_evaluate(c.copy_and_resolve_references(), str(work / "run"))
+  return {r["step"]: r["loss"] for r in _train_rows(work / "run")}, state
+
+
 @pytest.mark.slow
 @pytest.mark.serial
-def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(tiny_config,
+def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(one_process_run,
                                                                           tmp_path):
   """2 CPU processes (global batch 2, 1 sample each) log the losses of 1 process (batch 2);
   killed mid-run and restarted, they redo the steps after the checkpoint bit-identically."""
-  steps = 12
-  c = tiny_config
-  c.batch_size, c.num_steps, c.eval_every, c.log_every, c.checkpoint_every = 2, steps, 0, 1, 4
-  one = train_lib.train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / "one"))
-  ref = {r["step"]: r["loss"] for r in _train_rows(tmp_path / "one")}
+  steps = _STEPS
+  ref, one = one_process_run
   assert sorted(ref) == list(range(1, steps + 1))
 
   args = ["--config=configs/tiny.py", "--config.batch_size=2", f"--config.num_steps={steps}",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_jax import UNet, output_size, valid_input_size
-from unet_jax.model import border
+from unet_jax.model import border, init_params
 
 
 def _abstract_params(model, size=188, channels=1):
@@ -78,15 +78,30 @@ def test_other_depths():
 def test_forward_shapes_depth4(h, w):
   model = UNet(num_classes=3, features=2)
   x = jnp.ones((2, h, w, 1))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   y = model.apply(variables, x)
   assert y.shape == (2, output_size(h), output_size(w), 3)
   assert y.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("padding,size", [("valid", 60), ("same", 16)])
+def test_init_params_equal_a_full_init_on_a_real_image(padding, size):
+  """init_params (lazy_init, no forward pass) gives the values of ``model.init``
+  on an actual input, bit for bit, with 3 input channels."""
+  model = UNet(features=4, depth=2, padding=padding, dropout_rate=0.5)
+  rng = jax.random.PRNGKey(7)
+  full = model.init({"params": rng}, jnp.ones((2, size, size, 3)), train=False)["params"]
+  lazy = init_params(model, rng, 3)
+  assert jax.tree.structure(lazy) == jax.tree.structure(full)
+  for a, b in zip(jax.tree.leaves(lazy), jax.tree.leaves(full)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  other = init_params(model, jax.random.PRNGKey(8), 3)  # the key matters
+  assert not np.array_equal(other["down0_conv0"]["kernel"], lazy["down0_conv0"]["kernel"])
+
+
 def test_forward_rejects_invalid_input():
   model = UNet(features=2, depth=2)
-  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 60, 60, 1)))
+  variables = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   with pytest.raises(ValueError, match="56 or 60"):
     model.apply(variables, jnp.ones((1, 58, 60, 1)))
   with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
@@ -94,7 +109,7 @@ def test_forward_rejects_invalid_input():
 
 
 def test_he_normal_init_std():
-  params = UNet(features=16).init(jax.random.PRNGKey(1), jnp.ones((1, 188, 188, 1)))["params"]
+  params = init_params(UNet(features=16), jax.random.PRNGKey(1), 1)  # = model.init (tested above)
   # paper: std sqrt(2/N), N = incoming nodes of one neuron: 9*C_in for a 3x3 conv,
   # C_in for the 2x2 stride-2 up-conv (one kernel tap reaches each output pixel)
   for name, fan_in in [("down1_conv1", 9 * 32), ("down3_conv0", 9 * 64), ("up2_upconv", 128)]:
@@ -107,7 +122,7 @@ def test_he_normal_init_std():
 def test_dropout_only_in_training_and_uses_dropout_stream():
   model = UNet(features=4, depth=2, dropout_rate=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
-  v = model.init(jax.random.PRNGKey(0), x)
+  v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   a = model.apply(v, x)
   np.testing.assert_array_equal(a, model.apply(v, x))
   t1 = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
@@ -120,14 +135,14 @@ def test_dropout_only_in_training_and_uses_dropout_stream():
 
 def test_input_channels_come_from_x():
   model = UNet(features=2, depth=2)
-  v = model.init(jax.random.PRNGKey(0), jnp.ones((1, 60, 60, 3)))
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 60, 60, 3))))
   assert v["params"]["down0_conv0"]["kernel"].shape == (3, 3, 3, 2)
 
 
 def test_bfloat16_compute_keeps_fp32_params_and_logits():
   model = UNet(features=4, depth=2, dtype=jnp.bfloat16)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
-  v = model.init(jax.random.PRNGKey(0), x)
+  v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
   y = model.apply(v, x)
   ref = UNet(features=4, depth=2).apply(v, x)
@@ -158,7 +173,7 @@ def test_same_padding_has_the_paper_parameters():
 def test_same_padding_output_size_equals_input_size(h, w):
   model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, h, w, 1)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   assert model.apply(variables, x).shape == (1, h, w, 2)
   # the same parameters run the VALID net too (on a valid size)
   assert UNet(features=4, depth=2).apply(variables, jnp.zeros((1, 44, 44, 1))).shape == (

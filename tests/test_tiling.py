@@ -163,7 +163,7 @@ def test_bfloat16_model_gives_float32():
 def test_same_padding_uses_ordinary_non_overlapping_tiles():
   """Each 32-px tile of a reflect-padded image goes through the net on its own."""
   model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+  variables = {"params": model_lib.init_params(model, jax.random.PRNGKey(0), 1)}
   image = np.random.default_rng(0).normal(size=(50, 70)).astype(np.float32)
   plan = tiling.plan_tiles(50, 70, 32, 2, "same")
   assert (plan.border, plan.stride, plan.out, plan.rows, plan.cols) == (
