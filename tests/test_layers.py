@@ -12,7 +12,9 @@ from random_nets import random_variables
 
 
 def _rand(key, shape, scale=1.0):
-  return scale * jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
+  """Seeded normal values ``[*shape]`` float32. NumPy, not ``jax.random``: every new
+  shape of a threefry sampler costs XLA:CPU ~1 s of compilation."""
+  return jnp.asarray(scale * np.random.default_rng(key).standard_normal(shape), jnp.float32)
 
 
 def _assert_close(a, b, rtol=2e-5, atol=2e-5):
@@ -121,8 +123,8 @@ def test_unet_fast_ops_match_reference_ops():
   size = 44
   out = output_size(size, 2)
   x = _rand(0, (2, size, size, 1))
-  labels = jax.random.randint(jax.random.PRNGKey(1), (2, out, out), 0, 2)
-  weights = jax.random.uniform(jax.random.PRNGKey(2), (2, out, out), minval=0.5, maxval=5.0)
+  labels = jnp.asarray(np.random.default_rng(1).integers(0, 2, (2, out, out)), jnp.int32)
+  weights = jnp.asarray(np.random.default_rng(2).uniform(0.5, 5.0, (2, out, out)), jnp.float32)
   fast = UNet(features=4, depth=2, dropout_rate=0.0)
   ref = UNet(features=4, depth=2, dropout_rate=0.0, reference_ops=True)
   # He-normal kernels, non-zero biases; compiling model.init would take ~15 s

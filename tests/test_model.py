@@ -86,15 +86,24 @@ def test_forward_shapes_depth4(h, w):
 
 @pytest.mark.parametrize("padding,size", [("valid", 60), ("same", 16)])
 def test_init_params_equal_a_full_init_on_a_real_image(padding, size):
-  """init_params (lazy_init, no forward pass) gives the values of ``model.init``
-  on an actual input, bit for bit, with 3 input channels."""
+  """init_params (one jitted lazy_init, no forward pass) gives the values of
+  ``model.init`` on an actual input, up to XLA's fusion of the He scaling
+  (1.2e-7 measured), with 3 input channels.
+
+  The reference runs the forward pass too; it is jitted at XLA:CPU
+  optimisation level 0 because run op by op (or optimised) its ~20
+  threefry samplers cost ~20 s of compilation, for the same values.
+  """
   model = UNet(features=4, depth=2, padding=padding, dropout_rate=0.5)
   rng = jax.random.PRNGKey(7)
-  full = model.init({"params": rng}, jnp.ones((2, size, size, 3)), train=False)["params"]
+  full_init = jax.jit(
+      lambda r: model.init({"params": r}, jnp.ones((2, size, size, 3)), train=False)["params"],
+      compiler_options={"xla_backend_optimization_level": 0})
+  full = full_init(rng)
   lazy = init_params(model, rng, 3)
   assert jax.tree.structure(lazy) == jax.tree.structure(full)
   for a, b in zip(jax.tree.leaves(lazy), jax.tree.leaves(full)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   other = init_params(model, jax.random.PRNGKey(8), 3)  # the key matters
   assert not np.array_equal(other["down0_conv0"]["kernel"], lazy["down0_conv0"]["kernel"])
 
@@ -121,7 +130,7 @@ def test_he_normal_init_std():
 
 def test_dropout_only_in_training_and_uses_dropout_stream():
   model = UNet(features=4, depth=2, dropout_rate=0.5)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 60, 60, 1)), jnp.float32)
   v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   a = model.apply(v, x)
   np.testing.assert_array_equal(a, model.apply(v, x))
@@ -141,7 +150,7 @@ def test_input_channels_come_from_x():
 
 def test_bfloat16_compute_keeps_fp32_params_and_logits():
   model = UNet(features=4, depth=2, dtype=jnp.bfloat16)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 60, 60, 1))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 60, 60, 1)), jnp.float32)
   v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
   y = model.apply(v, x)
