@@ -79,7 +79,7 @@ def test_forward_shapes_depth4(h, w):
   model = UNet(num_classes=3, features=2)
   x = jnp.ones((2, h, w, 1))
   variables = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
-  y = model.apply(variables, x)
+  y = jax.jit(model.apply)(variables, x)  # one program, not ~80 op-by-op compilations
   assert y.shape == (2, output_size(h), output_size(w), 3)
   assert y.dtype == jnp.float32
 
@@ -132,14 +132,16 @@ def test_dropout_only_in_training_and_uses_dropout_stream():
   model = UNet(features=4, depth=2, dropout_rate=0.5)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 60, 60, 1)), jnp.float32)
   v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
-  a = model.apply(v, x)
-  np.testing.assert_array_equal(a, model.apply(v, x))
-  t1 = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  t2 = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  apply = jax.jit(model.apply, static_argnames="train")
+  a = apply(v, x)
+  np.testing.assert_array_equal(a, apply(v, x))
+  t1 = apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  t2 = apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
   assert not np.allclose(t1, a) and not np.allclose(t1, t2)
   no_drop = UNet(features=4, depth=2, dropout_rate=0.0)
   np.testing.assert_allclose(
-      no_drop.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}), a, atol=1e-6)
+      jax.jit(no_drop.apply, static_argnames="train")(
+          v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}), a, atol=1e-6)
 
 
 def test_input_channels_come_from_x():
@@ -153,8 +155,8 @@ def test_bfloat16_compute_keeps_fp32_params_and_logits():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 60, 60, 1)), jnp.float32)
   v = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
-  y = model.apply(v, x)
-  ref = UNet(features=4, depth=2).apply(v, x)
+  y = jax.jit(model.apply)(v, x)
+  ref = jax.jit(UNet(features=4, depth=2).apply)(v, x)
   assert y.dtype == jnp.float32
   np.testing.assert_allclose(y, ref, atol=0.05 * float(jnp.abs(ref).max()) + 1e-3)
 
