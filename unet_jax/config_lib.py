@@ -129,7 +129,9 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   Loaded with ml_collections' config-file flag, exactly as ``--config`` of
   train.py is (on a private ``FlagValues``, so no global flag changes); the
   variants' ``from configs import default`` resolves from the current
-  directory, so run from the repository root.
+  directory, so run from the repository root. ``sys_argv`` is given so that
+  the caller's own command line (say ``--config X`` of a benchmark) is not
+  read as overrides of this flag, which left the flag's value ``None``.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -138,7 +140,8 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise UserInputError(f"config file not found: {path}")
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
+                                  sys_argv=["load_file"])
   try:
     flag_values(["load_file"])
     return flag_values.config
