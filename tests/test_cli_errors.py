@@ -92,6 +92,17 @@ def test_label_values_outside_expected(tmp_path):
   _train_error(_isbi_config(data), tmp_path / "w", "must be 0 (membrane) or 255", "[7]")
 
 
+def test_load_file_ignores_the_callers_command_line(monkeypatch):
+  """A script run as ``bench.py --config configs/isbi.py`` (benchmarks/loader.py)
+  loads the file it names, not None: its own argv is not read as overrides."""
+  monkeypatch.setattr(sys, "argv", ["bench.py"])
+  expected = config_lib.load_file(REPO / "configs" / "synthetic.py").to_dict()
+  monkeypatch.setattr(sys, "argv", ["bench.py", "--config", "configs/isbi.py",
+                                    "--config.features=3"])
+  c = config_lib.load_file(REPO / "configs" / "synthetic.py")
+  assert c is not None and c.to_dict() == expected
+
+
 @pytest.mark.parametrize("field, value, needles", [
     ("tile_size", 570, ("tile_size", "556 or 572")),
     ("eval_tile_size", 188, ("eval_tile_size", "204")),
