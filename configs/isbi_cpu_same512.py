@@ -4,9 +4,9 @@
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
 
 configs/isbi_cpu_same.py with 512x512 training tiles (the size of an ISBI slice;
-rotations and elastic deformation read mirror-padded context) and 2500 steps
+rotations and elastic deformation read mirror-padded context) and 2000 steps
 instead of 256x256 tiles and 5000-9000 steps. Why: on this CPU a 512 tile runs
-at 0.8-0.9 steps/s against 2.5 steps/s for a 256 tile, i.e. about 1.4x the
+at 0.67-0.9 steps/s against 2.5 steps/s for a 256 tile, i.e. 1.1-1.4x the
 supervised pixels per second (larger convolutions keep both cores busier), and
 each step averages the gradient over 4x the pixels, which should make the
 end point depend less on the seed. Held-out results: results/README.md.
@@ -19,5 +19,5 @@ from configs import isbi_cpu_same
 def get_config():
   c = isbi_cpu_same.get_config()
   c.tile_size = 512       # SAME tiles: a multiple of 2**depth; output = input
-  c.num_steps = 2500
+  c.num_steps = 2000
   return c
