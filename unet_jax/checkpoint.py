@@ -144,15 +144,23 @@ def save_best(workdir: str | pathlib.Path, step: int, params: Any, score: dict) 
   mgr.close()
 
 
+def _restore_newest(mgr: ocp.CheckpointManager, name: str, restore_args: Any
+                    ) -> tuple[Any, int] | None:
+  """``(item, step)``: item ``name`` of ``mgr``'s newest step, or None if it
+  has none; closes ``mgr`` either way."""
+  try:
+    step = mgr.latest_step()
+    if step is None:
+      return None
+    return mgr.restore(step, args=ocp.args.Composite(**{name: restore_args}))[name], step
+  finally:
+    mgr.close()
+
+
 def best_score(workdir: str | pathlib.Path) -> dict | None:
   """The held-out score dict stored with the best checkpoint, or None."""
-  mgr = best_manager(workdir)
-  step = mgr.latest_step()
-  if step is None:
-    return None
-  out = mgr.restore(step, args=ocp.args.Composite(score=ocp.args.JsonRestore())).score
-  mgr.close()
-  return out
+  restored = _restore_newest(best_manager(workdir), "score", ocp.args.JsonRestore())
+  return None if restored is None else restored[0]
 
 
 def restore_best_params(workdir: str | pathlib.Path, abstract_params: Any
@@ -164,15 +172,8 @@ def restore_best_params(workdir: str | pathlib.Path, abstract_params: Any
     abstract_params: pytree of ShapeDtypeStructs (structure, shapes, dtypes
       and shardings to restore into).
   """
-  mgr = best_manager(workdir)
-  step = mgr.latest_step()
-  if step is None:
-    mgr.close()
-    return None
-  params = mgr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params))).params
-  mgr.close()
-  return params, step
+  return _restore_newest(best_manager(workdir), "params",
+                         ocp.args.StandardRestore(abstract_params))
 
 
 def restore_latest_state(workdir: str | pathlib.Path, abstract_state: Any
@@ -181,11 +182,4 @@ def restore_latest_state(workdir: str | pathlib.Path, abstract_state: Any
   iterator, read-only), or None if there is none."""
   mgr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
                               options=_options(1000), item_names=("state", "data_iter"))
-  step = mgr.latest_step()
-  if step is None:
-    mgr.close()
-    return None
-  state = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state))).state
-  mgr.close()
-  return state, step
+  return _restore_newest(mgr, "state", ocp.args.StandardRestore(abstract_state))
