@@ -57,6 +57,15 @@ def test_conv3x3_valid_weight_grad_large_batch():
   _check_op_and_vjp(layers.conv3x3_valid, layers.conv_valid_reference, args)
 
 
+@pytest.mark.parametrize("n,h,w,c,o", [(1, 9, 9, 3, 5), (2, 10, 7, 4, 20), (18, 5, 6, 2, 3)])
+def test_conv3x3_same_matches_reference(n, h, w, c, o):
+  """The custom VJP (weight gradient from the padded input) against JAX's own
+  autodiff of the SAME conv; 18 images: > 16 input features in the dW conv."""
+  args = (_rand(0, (n, h, w, c)), _rand(1, (3, 3, c, o), 0.3), _rand(2, (o,)))
+  _check_op_and_vjp(layers.conv3x3_same, layers.conv_same_reference, args)
+  _check_op_and_vjp(layers.conv3x3_same, layers.conv_same_reference, args[:2])
+
+
 def test_conv3x3_valid_bfloat16_close_to_float32():
   x, k, b = _rand(0, (1, 12, 12, 8)), _rand(1, (3, 3, 8, 16), 0.2), _rand(2, (16,))
   y16 = layers.conv3x3_valid(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
@@ -118,15 +127,16 @@ def test_xla_compiler_options_compile_and_keep_results():
   _assert_close(jax.jit(f, compiler_options=opts or None)(x, k), jax.jit(f)(x, k))
 
 
-def test_unet_fast_ops_match_reference_ops():
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_unet_fast_ops_match_reference_ops(padding):
   """Depth-2, 4-feature UNet: logits and parameter gradients of the weighted loss."""
   size = 44
-  out = output_size(size, 2)
+  out = output_size(size, 2) if padding == "valid" else size
   x = _rand(0, (2, size, size, 1))
   labels = jnp.asarray(np.random.default_rng(1).integers(0, 2, (2, out, out)), jnp.int32)
   weights = jnp.asarray(np.random.default_rng(2).uniform(0.5, 5.0, (2, out, out)), jnp.float32)
-  fast = UNet(features=4, depth=2, dropout_rate=0.0)
-  ref = UNet(features=4, depth=2, dropout_rate=0.0, reference_ops=True)
+  fast = UNet(features=4, depth=2, dropout_rate=0.0, padding=padding)
+  ref = UNet(features=4, depth=2, dropout_rate=0.0, reference_ops=True, padding=padding)
   # He-normal kernels, non-zero biases; compiling model.init would take ~15 s
   params = random_variables(fast, channels=1, seed=3)["params"]
 

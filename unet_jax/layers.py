@@ -117,6 +117,15 @@ def conv_valid_reference(x: jax.Array, kernel: jax.Array,
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def conv_same_reference(x: jax.Array, kernel: jax.Array,
+                        bias: jax.Array | None = None) -> jax.Array:
+  """SAME (zero-padded) 2-D convolution, stride 1, autodiff'd by JAX. ``x`` [N, H, W, C_in]
+  -> [N, H, W, C_out]."""
+  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
+                               dimension_numbers=_DN)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
 def upconv2x2_reference(x: jax.Array, kernel: jax.Array,
                         bias: jax.Array | None = None) -> jax.Array:
   """2x2 stride-2 up-convolution via ``lax.conv_transpose`` [N, H, W, C] -> [N, 2H, 2W, O]."""
@@ -172,15 +181,19 @@ def _conv3x3_valid_fwd(x, kernel):
   return _conv3x3_valid(x, kernel), (x, kernel)
 
 
+def _input_grad(conv: Callable, x: jax.Array, kernel: jax.Array, g: jax.Array) -> jax.Array:
+  """XLA's own transpose of ``conv(., kernel)`` applied to ``g`` (a conv with the
+  flipped kernel, as fast as the forward)."""
+  _, x_vjp = jax.vjp(lambda x_: conv(x_, kernel), x)
+  return x_vjp(g)[0]
+
+
 def _conv3x3_valid_bwd(res, g):
-  # Input gradient: XLA's own transpose of the VALID conv (a "full" conv with
-  # the flipped kernel, as fast as the forward). Weight gradient: the VALID
-  # formulation, not the transpose of SAME+crop, which pads g back to H x W
-  # and is slower on both YNNPACK and Eigen (docs/performance.md).
+  # Weight gradient: the VALID formulation, not the transpose of SAME+crop,
+  # which pads g back to H x W and is slower on both YNNPACK and Eigen
+  # (docs/performance.md).
   x, kernel = res
-  _, x_vjp = jax.vjp(lambda x_: _conv_valid(x_, kernel), x)
-  (dx,) = x_vjp(g)
-  return dx, _weight_grad(x, g).astype(kernel.dtype)
+  return _input_grad(_conv_valid, x, kernel, g), _weight_grad(x, g).astype(kernel.dtype)
 
 
 _conv3x3_valid.defvjp(_conv3x3_valid_fwd, _conv3x3_valid_bwd)
@@ -207,9 +220,40 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array,
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def _conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """SAME 3x3 conv ``[N, H, W, C] -> [N, H, W, O]`` without bias (see conv3x3_same)."""
+  return _conv_same(x, kernel)
+
+
+def _conv3x3_same_fwd(x, kernel):
+  return _conv3x3_same(x, kernel), (x, kernel)
+
+
+def _conv3x3_same_bwd(res, g):
+  # A SAME conv is the VALID conv of the zero-padded input, so its weight
+  # gradient is the VALID weight-gradient conv of that padded input. Autodiff
+  # writes it with the padding inside the conv (pad=1_1), which Eigen runs
+  # slower: a 256x256, 16-feature SAME train step took 294 ms with it and
+  # 196 ms with this (docs/performance.md).
+  x, kernel = res
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return _input_grad(_conv_same, x, kernel, g), _weight_grad(xp, g).astype(kernel.dtype)
+
+
+_conv3x3_same.defvjp(_conv3x3_same_fwd, _conv3x3_same_bwd)
+
+
 def conv3x3_same(x: jax.Array, kernel: jax.Array,
                  bias: jax.Array | None = None) -> jax.Array:
   """SAME (zero-padded) 3x3 conv, for the non-default ``UNet(padding="same")``.
+
+  Equal to :func:`conv_same_reference`; the backward pass is a custom VJP
+  (see ``_conv3x3_same_bwd``).
 
   Args:
     x: ``[N, H, W, C_in]``.
@@ -218,8 +262,7 @@ def conv3x3_same(x: jax.Array, kernel: jax.Array,
   Returns:
     ``[N, H, W, C_out]``.
   """
-  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME",
-                               dimension_numbers=_DN)
+  y = _conv3x3_same(x, kernel.astype(x.dtype))
   return y if bias is None else y + bias.astype(y.dtype)
 
 

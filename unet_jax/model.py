@@ -206,7 +206,8 @@ class UNet(nn.Module):
     else:
       ops = layers.conv3x3_valid, layers.upconv2x2, layers.max_pool2x2, layers.conv1x1
     if check_padding(self.padding) == "same":
-      ops = (layers.conv3x3_same,) + ops[1:]
+      conv = layers.conv_same_reference if self.reference_ops else layers.conv3x3_same
+      ops = (conv,) + ops[1:]
     return ops
 
   @nn.compact
