@@ -24,11 +24,12 @@ def _crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class DoubleConv(nn.Sequential):
-  """Two VALID 3x3 conv + ReLU layers: ``[N, C_in, H, W] -> [N, C_out, H-4, W-4]``."""
+  """Two 3x3 conv + ReLU layers: ``[N, C_in, H, W] -> [N, C_out, H-4, W-4]`` (VALID)
+  or ``[N, C_out, H, W]`` (``padding=1``, SAME)."""
 
-  def __init__(self, c_in: int, c_out: int):
-    super().__init__(nn.Conv2d(c_in, c_out, 3), nn.ReLU(inplace=True),
-                     nn.Conv2d(c_out, c_out, 3), nn.ReLU(inplace=True))
+  def __init__(self, c_in: int, c_out: int, padding: int = 0):
+    super().__init__(nn.Conv2d(c_in, c_out, 3, padding=padding), nn.ReLU(inplace=True),
+                     nn.Conv2d(c_out, c_out, 3, padding=padding), nn.ReLU(inplace=True))
 
 
 class TorchUNet(nn.Module):
@@ -40,19 +41,22 @@ class TorchUNet(nn.Module):
     features: channels of the first level, doubled per level.
     depth: number of poolings.
     dropout_rate: dropout at the end of the contracting path.
+    padding: "valid" (the paper) or "same" (zero-padded 3x3 convs, as
+      ``UNet(padding="same")``).
   """
 
   def __init__(self, in_channels: int = 1, num_classes: int = 2, features: int = 64,
-               depth: int = 4, dropout_rate: float = 0.5):
+               depth: int = 4, dropout_rate: float = 0.5, padding: str = "valid"):
     super().__init__()
     self.depth = depth
     chans = [features * 2**i for i in range(depth + 1)]
+    pad = {"valid": 0, "same": 1}[padding]
     self.down = nn.ModuleList(
-        DoubleConv(in_channels if i == 0 else chans[i - 1], chans[i]) for i in range(depth))
-    self.bottleneck = DoubleConv(chans[depth - 1], chans[depth])
+        DoubleConv(in_channels if i == 0 else chans[i - 1], chans[i], pad) for i in range(depth))
+    self.bottleneck = DoubleConv(chans[depth - 1], chans[depth], pad)
     self.upconv = nn.ModuleList(
         nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth))
-    self.up = nn.ModuleList(DoubleConv(2 * chans[i], chans[i]) for i in range(depth))
+    self.up = nn.ModuleList(DoubleConv(2 * chans[i], chans[i], pad) for i in range(depth))
     self.classifier = nn.Conv2d(chans[0], num_classes, 1)
     self.dropout = nn.Dropout(dropout_rate)
     for m in self.modules():  # He normal, as the JAX model (paper Sec. 3).

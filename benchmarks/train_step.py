@@ -12,6 +12,9 @@ Variants:
   jax_xla_defaults  the same model jitted with XLA's default options.
   jax_reference     ``UNet(reference_ops=True)``: textbook ops, same parameters,
                     XLA's default options (the starting point).
+  jax_same_autodiff with ``--padding same`` only: ``UNet(padding="same")`` with
+                    JAX's autodiff of the SAME conv (``layers.conv_same_reference``)
+                    instead of its custom VJP, the compiler options as ``jax``.
   torch             ``benchmarks/torch_unet.py`` in eager mode, fp32 (autocast
                     bf16 with ``--dtype bfloat16``), ``torch.set_num_threads(cpu_count)``.
 
@@ -25,6 +28,8 @@ Usage (from the repo root)::
   .venv/bin/python benchmarks/train_step.py --size 252 --features 64 --reps 7
   .venv/bin/python benchmarks/train_step.py --size 572 --dtype bfloat16 \
       --variants jax,torch
+  .venv/bin/python benchmarks/train_step.py --size 256 --features 16 --padding same \
+      --variants jax,torch,jax_same_autodiff --reps 20
 
 Each run stores its figures as JSON beside ``--out`` and rewrites the markdown
 table ``--out`` from all JSON files found there.
@@ -46,7 +51,7 @@ import time
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference")
+VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference", "jax_same_autodiff")
 
 
 # --------------------------------------------------------------------------
@@ -63,8 +68,8 @@ def _batch_numpy(args: argparse.Namespace) -> dict[str, Any]:
   """A fixed random batch: image ``[B, S, S, 1]``, label and weight ``[B, S', S']``."""
   import numpy as np
   sys.path.insert(0, REPO)
-  from unet_jax.model import output_size
-  out = output_size(args.size, args.depth)
+  from unet_jax.model import tile_output_size
+  out = tile_output_size(args.size, args.depth, args.padding)
   rng = np.random.default_rng(0)
   return {
       "image": rng.standard_normal((args.batch, args.size, args.size, 1), np.float32),
@@ -85,10 +90,13 @@ class JaxWorker:
     from unet_jax.losses import weighted_cross_entropy
     from unet_jax.model import UNet
 
+    if args.worker == "jax_same_autodiff":
+      # this worker process only: the SAME conv as before its custom VJP
+      layers.conv3x3_same = layers.conv_same_reference
     self.jax = jax
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = UNet(num_classes=2, features=args.features, depth=args.depth, dtype=dtype,
-                 reference_ops=reference)
+                 reference_ops=reference, padding=args.padding)
     b = _batch_numpy(args)
     self.batch = {k: jnp.asarray(v) for k, v in b.items()}
     self.params = model.init(jax.random.PRNGKey(0), self.batch["image"][:1])["params"]
@@ -132,7 +140,7 @@ class TorchWorker:
     torch.manual_seed(0)
     self.torch = torch
     self.loss_fn = weighted_cross_entropy
-    self.model = TorchUNet(1, 2, args.features, args.depth)
+    self.model = TorchUNet(1, 2, args.features, args.depth, padding=args.padding)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-2, momentum=0.99)
     b = _batch_numpy(args)
     self.image = torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous()
@@ -166,7 +174,7 @@ def worker_main(args: argparse.Namespace) -> None:
     w = TorchWorker(args)
   else:
     w = JaxWorker(args, reference=args.worker == "jax_reference",
-                  compiler_options=args.worker == "jax")
+                  compiler_options=args.worker in ("jax", "jax_same_autodiff"))
   info = {"setup_s": time.perf_counter() - t0}
   for op in ("forward", "step"):  # warm-up: compilation, allocator, first-touch
     t0 = time.perf_counter()
@@ -193,7 +201,8 @@ def worker_main(args: argparse.Namespace) -> None:
 def _spawn(name: str, args: argparse.Namespace) -> subprocess.Popen:
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
          "--size", str(args.size), "--features", str(args.features), "--depth",
-         str(args.depth), "--batch", str(args.batch), "--dtype", args.dtype]
+         str(args.depth), "--batch", str(args.batch), "--dtype", args.dtype,
+         "--padding", args.padding]
   return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           cwd=REPO)
 
@@ -219,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   result: dict[str, Any] = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth,
-      "batch": args.batch, "dtype": args.dtype, "reps": reps,
+      "batch": args.batch, "dtype": args.dtype, "padding": args.padding, "reps": reps,
       "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_before": _load(),
       "variants": {},
@@ -300,6 +309,7 @@ def write_markdown(out: str) -> None:
     torch = r["variants"].get("torch")
     lines += [
         f"## {r['size']}², {r['features']} features, depth {r['depth']}, batch {r['batch']}, "
+        + ("SAME padding, " if r.get("padding") == "same" else "") +
         f"{r['dtype']} ({name})",
         "",
         f"{r['date']}, {r['cpu_count']} CPUs ({r['machine']}), reps {r['reps']}, load "
@@ -315,6 +325,8 @@ def write_markdown(out: str) -> None:
         label = {"jax": "unet_jax `UNet()`, `layers.xla_compiler_options()`",
                  "jax_xla_defaults": "unet_jax `UNet()`, XLA default options",
                  "jax_reference": "unet_jax `UNet(reference_ops=True)`, XLA defaults",
+                 "jax_same_autodiff": "unet_jax `UNet()`, SAME conv by autodiff "
+                                      "(before its custom VJP), compiler options",
                  "torch": "PyTorch eager" + (" (autocast bf16)" if r["dtype"] == "bfloat16"
                                             else "")}[v]
         lines.append(_row(label, r["variants"][v], torch))
@@ -333,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--reference-reps", type=int, default=2,
                  help="timed calls for jax_reference (slow at paper size)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--padding", choices=("valid", "same"), default="valid",
+                 help="same: the non-default UNet(padding='same') (and padded PyTorch convs)")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help=f"comma-separated subset of {VARIANTS}")
   p.add_argument("--out", default=os.path.join(REPO, "results", "train_step_benchmark.md"))
@@ -345,8 +359,10 @@ def main(argv: list[str] | None = None) -> None:
   for v in args.variants.split(","):
     if v not in VARIANTS:
       p.error(f"unknown variant {v!r}; choose from {VARIANTS}")
+    if v == "jax_same_autodiff" and args.padding != "same":
+      p.error("jax_same_autodiff needs --padding same")
   result = run(args)
-  tag = f"_{args.tag}" if args.tag else ""
+  tag = ("_same" if args.padding == "same" else "") + (f"_{args.tag}" if args.tag else "")
   path = os.path.join(os.path.dirname(args.out) or ".",
                       f"train_step_{args.size}_f{args.features}_{args.dtype}{tag}.json")
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
