@@ -6,10 +6,9 @@ configs/isbi_cpu_same.py with 512x512 training tiles (the size of an ISBI slice;
 rotations and elastic deformation read mirror-padded context) and 2000 steps
 instead of 256x256 tiles and 5000-9000 steps. Why: on this CPU a 512 tile runs
 at 0.67-0.9 steps/s against 2.5 steps/s for a 256 tile (both before the SAME
-conv's custom VJP), i.e. 1.1-1.4x the
-supervised pixels per second (larger convolutions keep both cores busier), and
-each step averages the gradient over 4x the pixels, which should make the
-end point depend less on the seed.
+conv's custom VJP), i.e. 1.1-1.4x the supervised pixels per second (larger
+convolutions keep both cores busier), and each step averages the gradient over
+4x the pixels, which should make the end point depend less on the seed.
 
 Checked on the validation split (train 0-19, validation 20-24, seed 0, no TTA,
 before the SAME conv's custom VJP; results/isbi_cpu_same512_val/): V_rand 0.824,
