@@ -95,6 +95,23 @@ def test_run_with_a_parameter_average_scores_raw_and_average(tiny_config, tmp_pa
   assert [run[k] for k in ("no_tta", "tta", "ema_tta")] == [s for _, _, s in seen]
 
 
+def test_interrupted_run_keeps_its_training_time(tiny_config, tmp_path):
+  """A run stopped mid-training (Ctrl-C, SIGTERM) records the seconds it trained,
+  and its resumption adds to them, so train_seconds.json is the whole run's time."""
+  import time
+
+  def interrupted(config, workdir):
+    time.sleep(0.05)
+    raise KeyboardInterrupt
+
+  for attempt in (1, 2):
+    with pytest.raises(KeyboardInterrupt):
+      ablations.run_one(tiny_config, tmp_path / "run", select="last", train_fn=interrupted)
+    seconds = json.loads((tmp_path / "run" / "train_seconds.json").read_text())["seconds"]
+    assert seconds >= 0.05 * attempt
+  assert not (tmp_path / "run" / "heldout.json").exists()
+
+
 def _fake_run(seed, vrand, minutes=10.0):
   scores = {"vrand": vrand, "vinfo": vrand + 0.01, "pixel_error": 0.05,
             "warping_error": 0.001}

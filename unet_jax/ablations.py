@@ -137,9 +137,11 @@ def run_one(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, select:
   timing_path = workdir / "train_seconds.json"
   seconds = (_read_json(timing_path) or {}).get("seconds", 0.0)
   start = time.perf_counter()
-  (train_fn or train_lib.train_and_evaluate)(config, str(workdir))
-  seconds += time.perf_counter() - start
-  timing_path.write_text(json.dumps({"seconds": seconds}))
+  try:
+    (train_fn or train_lib.train_and_evaluate)(config, str(workdir))
+  finally:  # an interrupted run (Ctrl-C, SIGTERM) keeps its time for the resumed one
+    seconds += time.perf_counter() - start
+    timing_path.write_text(json.dumps({"seconds": seconds}))
 
   # With a parameter average and the last checkpoint, the rows score the raw
   # parameters (the paper's model) and the average separately ("ema_tta"),
