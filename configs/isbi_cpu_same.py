@@ -1,6 +1,6 @@
-"""ISBI 2012 on a CPU, the strongest recipe measured so far: SAME padding, 256 tiles.
+"""ISBI 2012 on a CPU with SAME padding and 256 tiles: the base of isbi_cpu_same*.py.
 
-    python train.py --config configs/isbi_cpu_same.py --workdir W   # ~18 min on a 2-core CPU (at the 4.7 steps/s of a 14000-step run)
+    python train.py --config configs/isbi_cpu_same.py --workdir W   # ~18 min on a 2-core CPU (4.7 steps/s)
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
 
 configs/isbi_cpu.py (16 features, 5000 steps, train 0-24, last checkpoint)
