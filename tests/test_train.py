@@ -16,10 +16,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from unet_jax import checkpoint, config_lib, inference, train_lib
+from unet_jax import checkpoint, config_lib, inference, monitoring, train_lib
 from unet_jax import model as model_lib
 from unet_jax.errors import NonFiniteError, UserInputError
-from unet_jax.monitoring import RunMonitor
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -303,7 +303,7 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
   """On a TTY: a tqdm bar with step, loss, rate and ETA."""
   screen = _Terminal()
   monkeypatch.setattr(sys, "stderr", screen)
-  _feed(RunMonitor(tmp_path, num_steps=6, start_step=0))
+  _feed(monitoring.RunMonitor(tmp_path, num_steps=6, start_step=0))
   text = screen.getvalue()
   assert "train:" in text and "6/6" in text and "loss=" in text, text[-2000:]
   assert "step/s" in text or "s/step" in text
@@ -312,9 +312,31 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
 def test_plain_logs_without_a_terminal(tmp_path, caplog):
   """Without a TTY (CI, nohup): one log line per log_every steps, no bar."""
   with caplog.at_level("INFO", logger="unet_jax"):
-    _feed(RunMonitor(tmp_path, num_steps=6, start_step=0))
+    _feed(monitoring.RunMonitor(tmp_path, num_steps=6, start_step=0))
   lines = [r.getMessage() for r in caplog.records]
   assert any(l.startswith("step 6/6  loss 0.1") for l in lines), lines
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [2, 4, 6]
   assert rows[0]["loss"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_curves_show_accuracy_when_there_is_no_validation_split(tmp_path):
+  """A run without validation rows gets a training-accuracy panel, not an empty one."""
+  train = [{"step": s, "split": "train", "loss": 1.0 / s, "accuracy": 0.5 + s / 100}
+           for s in (2, 4, 6)]
+  val = [{"step": 4, "split": "val", "vrand": 0.7}]
+  for rows, title, ys in ((train, "training pixel accuracy (no validation split)",
+                           [0.52, 0.54, 0.56]),
+                          (train + val, "validation vrand", [0.7])):
+    axes = monitoring.curves_figure(rows, "vrand").axes
+    assert axes[1].get_title() == title
+    np.testing.assert_allclose(axes[1].lines[0].get_ydata(), ys)
+    np.testing.assert_allclose(axes[0].lines[0].get_ydata(), [1 / 2, 1 / 4, 1 / 6])
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in train) + '{"step": 8, "spl')  # cut by a crash
+  assert monitoring.read_metrics(tmp_path / "metrics.jsonl") == train
+  proc = run_cli("scripts/plot_curves.py", str(tmp_path))
+  assert proc.returncode == 0, proc.stderr
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  proc = run_cli("scripts/plot_curves.py", str(tmp_path / "missing"))
+  assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -44,7 +44,7 @@ class RunMonitor:
     self.workdir = pathlib.Path(workdir)
     self.path = self.workdir / "metrics.jsonl"
     self.primary = primary
-    self.history = [r for r in self._read() if r["step"] <= start_step]
+    self.history = [r for r in read_metrics(self.path) if r["step"] <= start_step]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
     self._acc: list[dict] = []
     self._t0 = time.perf_counter()
@@ -62,16 +62,6 @@ class RunMonitor:
                          ncols=size.columns or 100, nrows=size.lines or 24,
                          disable=not self.interactive)
 
-  def _read(self) -> list[dict]:
-    if not self.path.is_file():
-      return []
-    rows = []
-    for line in self.path.read_text().splitlines():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:  # a line cut by a crash
-        continue
-    return rows
 
   def tick(self) -> None:
     """Advances the progress bar by one dispatched step (no device sync)."""
@@ -121,32 +111,73 @@ class RunMonitor:
     self.plot()
 
   def plot(self) -> None:
-    """Writes WORKDIR/curves.png: training loss and the validation metric over steps."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train = [r for r in self.history if r["split"] == "train"]
-    val = [r for r in self.history if r["split"] == "val" and self.primary in r]
-    fig = Figure(figsize=(10, 3.8))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-    axes[0].set(title="training loss (pixel-weighted CE)", xlabel="step", ylabel="loss")
-    if train and min(r["loss"] for r in train) > 0:
-      axes[0].set_yscale("log")
-    axes[1].plot([r["step"] for r in val], [r[self.primary] for r in val], "o-")
-    axes[1].set(title=f"validation {self.primary}", xlabel="step", ylabel=self.primary)
-    for ax in axes:
-      ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = self.workdir / f"curves.png.{os.getpid()}.tmp"
-    fig.savefig(tmp, dpi=90, format="png")
-    tmp.replace(self.workdir / "curves.png")
+    """Writes WORKDIR/curves.png (see :func:`curves_figure`)."""
+    save_curves(self.history, self.workdir, self.primary)
 
   def close(self) -> None:
     self.bar.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict]:
+  """The rows of a ``metrics.jsonl`` ([] when there is none); a line cut by a crash is skipped."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:  # a line cut by a crash
+      continue
+  return rows
+
+
+def curves_figure(history: list[dict], primary: str = "vrand"):
+  """The figure of ``curves.png`` from ``metrics.jsonl`` rows.
+
+  Left: training loss. Right: the validation metric ``primary`` over steps, or,
+  for a run without a validation split (``val_indices`` empty, e.g. a final
+  recipe retrained on all slices), the training pixel accuracy, so that no
+  panel is left empty.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` on its own Agg canvas (no pyplot state).
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  train = [r for r in history if r["split"] == "train"]
+  val = [r for r in history if r["split"] == "val" and primary in r]
+  fig = Figure(figsize=(10, 3.8))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2)
+  axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+  axes[0].set(title="training loss (pixel-weighted CE)", xlabel="step", ylabel="loss")
+  if train and min(r["loss"] for r in train) > 0:
+    axes[0].set_yscale("log")
+  if val:
+    axes[1].plot([r["step"] for r in val], [r[primary] for r in val], "o-")
+    axes[1].set(title=f"validation {primary}", xlabel="step", ylabel=primary)
+  else:
+    acc = [r for r in train if "accuracy" in r]
+    axes[1].plot([r["step"] for r in acc], [r["accuracy"] for r in acc], lw=1)
+    axes[1].set(title="training pixel accuracy (no validation split)", xlabel="step",
+                ylabel="accuracy")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return fig
+
+
+def save_curves(history: list[dict], workdir: str | pathlib.Path,
+                primary: str = "vrand") -> pathlib.Path:
+  """Writes ``workdir/curves.png`` atomically (a reader never sees half a PNG)."""
+  workdir = pathlib.Path(workdir)
+  tmp = workdir / f"curves.png.{os.getpid()}.tmp"
+  curves_figure(history, primary).savefig(tmp, dpi=90, format="png")
+  return tmp.replace(workdir / "curves.png")
 
 
 class NullMonitor:
