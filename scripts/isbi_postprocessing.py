@@ -24,6 +24,7 @@ from skimage.segmentation import watershed
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from unet_jax import datasets, evaluation, inference, metrics  # noqa: E402
+from unet_jax.errors import UserInputError  # noqa: E402
 
 
 def watershed_cells(prob: np.ndarray, high: float, min_seed: int) -> np.ndarray:
@@ -50,21 +51,39 @@ def variants(probs: list[np.ndarray]):
              [watershed_cells(p, high, min_seed) for p in smooth])
 
 
+def _fail(message: str) -> None:
+  """The scripts' user-error convention: one line on stderr, exit code 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run (its latest checkpoint)")
   ap.add_argument("--split", default="val", choices=["val", "heldout"])
   ap.add_argument("--out", required=True, help="markdown table to write")
+  ap.add_argument("--only", action="append", default=[],
+                  help="score only this variant (its exact name in the table; repeatable), e.g. "
+                       "a setting chosen on validation, applied once to the held-out slices")
   args = ap.parse_args()
-  config, model, variables = inference.load_for_inference(args.workdir, "latest")
+  names = [name for name, _ in variants([])]
+  unknown = [n for n in args.only if n not in names]
+  if unknown:
+    _fail(f"unknown --only {unknown[0]!r}; the variants are: {'; '.join(names)}")
+  try:
+    config, model, variables = inference.load_for_inference(args.workdir, "latest")
+  except UserInputError as e:
+    _fail(str(e))
   indices = config[f"{args.split}_indices"]
   if not indices:
-    sys.exit(f"error: the run has no {args.split} split")
+    _fail(f"the run has no {args.split} split; pick another --split")
   data = datasets.load_split(config, args.split)
   probs = [p[..., 1] for p in evaluation.predict_images(model, variables, data.images, config,
                                                         tta=True)]
   rows = []
   for name, maps in variants(probs):
+    if args.only and name not in args.only:
+      continue
     r = metrics.isbi_scores(maps, data.labels, warping=False)
     rows.append(f"| {name} | {r['vrand']:.4f} | {r['vinfo']:.4f} | {r['best_threshold']:.1f} |")
     print(rows[-1], flush=True)
@@ -72,7 +91,7 @@ def main() -> None:
       f"# Post-processing on the {args.split} split ({indices})", "",
       f"Run `{args.workdir}`, latest checkpoint, 8-fold TTA. Command: "
       f"`python scripts/isbi_postprocessing.py --workdir {args.workdir} --split {args.split} "
-      f"--out {args.out}`", "",
+      f"--out {args.out}" + "".join(f" --only '{n}'" for n in args.only) + "`", "",
       "| post-processing | V_rand | V_info | best threshold |", "|---|---|---|---|", *rows, ""])
   pathlib.Path(args.out).write_text(text)
 

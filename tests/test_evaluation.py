@@ -230,3 +230,23 @@ def test_describe_submission(tmp_path):
   tifffile.imwrite(path, (stack * 255).astype(np.uint8))
   with pytest.raises(UserInputError, match="float32"):
     submission.describe_submission(path)
+
+
+def test_postprocessing_script_scores_only_the_named_variants(tiny_run, tmp_path):
+  """scripts/isbi_postprocessing.py --only: a setting chosen on validation, applied alone."""
+  def script(*args):
+    return subprocess.run([sys.executable, "scripts/isbi_postprocessing.py", "--workdir",
+                           str(tiny_run), "--split", "val", "--out", str(tmp_path / "pp.md"),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+  chosen = ["watershed, seeds p > 0.7, seeds >= 20 px", "raw probabilities"]
+  proc = script(*[a for name in chosen for a in ("--only", name)])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = (tmp_path / "pp.md").read_text().splitlines()
+  rows = [l[2:].split(" | ")[0] for l in lines if l.startswith("| ") and "V_rand" not in l]
+  assert rows == chosen[::-1]  # the table's order, nothing else scored
+  scores = [float(v) for l in lines[-2:] for v in l.split(" | ")[1:3]]  # V_rand, V_info
+  assert len(scores) == 4 and all(0 <= v <= 1 for v in scores)
+  proc = script("--only", "watershed p > 0.7")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("error: unknown --only 'watershed p > 0.7'; the variants are: ")
