@@ -10,7 +10,11 @@ a few classic post-processings: Gaussian or median smoothing, and a
 marker-controlled watershed of the (Gaussian-smoothed, sigma 1 px) cell
 probability seeded by the components of ``p > high`` (smaller seeds dropped),
 whose 1-px watershed lines become the boundaries. Any setting chosen here must
-be chosen on validation slices, never on the held-out ones.
+be chosen on validation slices, never on the held-out ones. To apply one
+chosen setting to the held-out slices (and nothing else), name it with --only:
+
+    python scripts/isbi_postprocessing.py --workdir W --split heldout --out W/pp.md \
+        --only 'raw probabilities' --only 'watershed, seeds p > 0.7, seeds >= 20 px'
 """
 
 import argparse
