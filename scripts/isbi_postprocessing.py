@@ -97,6 +97,7 @@ def main() -> None:
       f"`python scripts/isbi_postprocessing.py --workdir {args.workdir} --split {args.split} "
       f"--out {args.out}" + "".join(f" --only '{n}'" for n in args.only) + "`", "",
       "| post-processing | V_rand | V_info | best threshold |", "|---|---|---|---|", *rows, ""])
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(text)
 
 
