@@ -18,8 +18,10 @@ chosen setting to the held-out slices (and nothing else), name it with --only:
 """
 
 import argparse
+import functools
 import pathlib
 import sys
+from typing import Callable
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -41,27 +43,24 @@ def watershed_cells(prob: np.ndarray, high: float, min_seed: int) -> np.ndarray:
   return (labels > 0).astype(np.float32)
 
 
-def variants(probs: list[np.ndarray]):
-  """(name, list of maps) for every post-processing tried."""
-  yield "raw probabilities", probs
-  for s in (0.5, 1.0, 1.5, 2.0, 3.0):
-    yield f"Gaussian smoothing, sigma {s} px", [ndi.gaussian_filter(p, s) for p in probs]
-  for m in (3, 5):
-    yield f"median filter {m}x{m}", [ndi.median_filter(p, m) for p in probs]
-  smooth = [ndi.gaussian_filter(p, 1.0) for p in probs]
-  for high in (0.5, 0.7, 0.8, 0.9, 0.95):
-    for min_seed in (0, 20, 100):
-      yield (f"watershed, seeds p > {high}, seeds >= {min_seed} px",
-             [watershed_cells(p, high, min_seed) for p in smooth])
+def _smoothed_watershed(prob: np.ndarray, high: float, min_seed: int) -> np.ndarray:
+  """:func:`watershed_cells` of the Gaussian-smoothed (sigma 1 px) probability."""
+  return watershed_cells(ndi.gaussian_filter(prob, 1.0), high, min_seed)
 
 
-def _fail(message: str) -> None:
-  """The scripts' user-error convention: one line on stderr, exit code 2."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+def variants() -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+  """(name, ``[H, W]`` probability -> ``[H, W]`` map) for every post-processing tried."""
+  out = [("raw probabilities", lambda p: p)]
+  out += [(f"Gaussian smoothing, sigma {s} px", functools.partial(ndi.gaussian_filter, sigma=s))
+          for s in (0.5, 1.0, 1.5, 2.0, 3.0)]
+  out += [(f"median filter {m}x{m}", functools.partial(ndi.median_filter, size=m)) for m in (3, 5)]
+  out += [(f"watershed, seeds p > {high}, seeds >= {min_seed} px",
+           functools.partial(_smoothed_watershed, high=high, min_seed=min_seed))
+          for high in (0.5, 0.7, 0.8, 0.9, 0.95) for min_seed in (0, 20, 100)]
+  return out
 
 
-def main() -> None:
+def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True, help="a training run (its latest checkpoint)")
   ap.add_argument("--split", default="val", choices=["val", "heldout"])
@@ -69,37 +68,43 @@ def main() -> None:
   ap.add_argument("--only", action="append", default=[],
                   help="score only this variant (its exact name in the table; repeatable), e.g. "
                        "a setting chosen on validation, applied once to the held-out slices")
-  args = ap.parse_args()
-  names = [name for name, _ in variants([])]
-  unknown = [n for n in args.only if n not in names]
-  if unknown:
-    _fail(f"unknown --only {unknown[0]!r}; the variants are: {'; '.join(names)}")
+  args = ap.parse_args(argv)
   try:
-    config, model, variables = inference.load_for_inference(args.workdir, "latest")
-  except UserInputError as e:
-    _fail(str(e))
+    table = _score(args)
+  except UserInputError as e:  # one line, exit code 2, as the CLIs do (unet_jax/cli.py)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(table)
+  return 0
+
+
+def _score(args: argparse.Namespace) -> str:
+  """The markdown table of the chosen variants on the run's split."""
+  chosen = [(n, f) for n, f in variants() if not args.only or n in args.only]
+  unknown = [n for n in args.only if n not in {name for name, _ in chosen}]
+  if unknown:
+    raise UserInputError(f"unknown --only {unknown[0]!r}; the variants are: "
+                         f"{'; '.join(n for n, _ in variants())}")
+  config, model, variables = inference.load_for_inference(args.workdir, "latest")
   indices = config[f"{args.split}_indices"]
   if not indices:
-    _fail(f"the run has no {args.split} split; pick another --split")
+    raise UserInputError(f"the run has no {args.split} split; pick another --split")
   data = datasets.load_split(config, args.split)
   probs = [p[..., 1] for p in evaluation.predict_images(model, variables, data.images, config,
                                                         tta=True)]
   rows = []
-  for name, maps in variants(probs):
-    if args.only and name not in args.only:
-      continue
-    r = metrics.isbi_scores(maps, data.labels, warping=False)
+  for name, post in chosen:
+    r = metrics.isbi_scores([post(p) for p in probs], data.labels, warping=False)
     rows.append(f"| {name} | {r['vrand']:.4f} | {r['vinfo']:.4f} | {r['best_threshold']:.1f} |")
     print(rows[-1], flush=True)
-  text = "\n".join([
+  return "\n".join([
       f"# Post-processing on the {args.split} split ({indices})", "",
       f"Run `{args.workdir}`, latest checkpoint, 8-fold TTA. Command: "
       f"`python scripts/isbi_postprocessing.py --workdir {args.workdir} --split {args.split} "
       f"--out {args.out}" + "".join(f" --only '{n}'" for n in args.only) + "`", "",
       "| post-processing | V_rand | V_info | best threshold |", "|---|---|---|---|", *rows, ""])
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
