@@ -37,6 +37,10 @@ flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmen
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
 flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
                   "(default: heldout if the config has heldout_indices, else val).")
+flags.DEFINE_enum("postprocess", "none", ["none", "watershed"], "heldout/submission, ISBI "
+                  "data: 'watershed' scores/writes the seeded-watershed cell mask (seeds "
+                  "p > 0.7, >= 20 px; 1-px lines as boundaries) instead of the probabilities "
+                  "(docs/conventions.md).")
 flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
                     "unet_jax.export) with onnxruntime instead of a workdir's checkpoint.")
 flags.DEFINE_float("threshold", 0.5, "predict: p(cell) above which a pixel is cell (mask, labels).")
@@ -70,6 +74,9 @@ def _test_volume(config) -> pathlib.Path:
 def main(argv):
   del argv
   from unet_jax import datasets, evaluation, inference
+  if FLAGS.postprocess != "none" and FLAGS.mode == "predict":
+    raise UserInputError("--postprocess works with --mode heldout or submission; predict "
+                         "mode writes the probabilities and --threshold's labels")
 
   if FLAGS.onnx:
     from unet_jax import onnx_predict
@@ -93,7 +100,8 @@ def main(argv):
     data = datasets.load_split(config, split)
     print(f"scoring the {split} split ({config[f'{split}_indices']})"
           + (": these frames chose the checkpoint" if split == "val" else ""))
-    scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out, **kwargs)
+    scores = evaluation.evaluate_split(model, variables, data, config, out_dir=out,
+                                       postprocess=FLAGS.postprocess, **kwargs)
     print(evaluation.markdown_report(scores, {}, data.dataset, FLAGS.tta))
     print(f"report: {out / 'metrics.md'}, overlays: {out / 'overlays'}")
   elif FLAGS.mode == "submission":
@@ -101,9 +109,11 @@ def main(argv):
 
     volume = datasets.read_image_file(_test_volume(config))
     path = evaluation.write_submission(model, variables, volume, out / "submission.tif",
-                                       config, **kwargs)
+                                       config, postprocess=FLAGS.postprocess, **kwargs)
     info = submission.describe_submission(path, volume)
-    print(f"wrote {path} (float32 {info['shape']}, cell-interior probability, "
+    what = ("watershed cell mask" if FLAGS.postprocess == "watershed"
+            else "cell-interior probability")
+    print(f"wrote {path} (float32 {info['shape']}, {what}, "
           f"{info['bytes']} bytes), preview {info['preview']}")
     print(f"sha256 {info['sha256']}")
   else:

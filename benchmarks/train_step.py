@@ -216,6 +216,18 @@ def _ask(proc: subprocess.Popen, op: str) -> dict[str, Any]:
   return json.loads(line)
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo; machines of the same name differ between sessions)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def _load() -> str:
   la = os.getloadavg()
   return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
@@ -229,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth,
       "batch": args.batch, "dtype": args.dtype, "padding": args.padding, "reps": reps,
-      "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(), "machine": cpu_model(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_before": _load(),
       "variants": {},
   }

@@ -25,27 +25,11 @@ from typing import Callable
 
 import numpy as np
 import scipy.ndimage as ndi
-from skimage.segmentation import watershed
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from unet_jax import datasets, evaluation, inference, metrics  # noqa: E402
+from unet_jax import datasets, evaluation, inference, instances, metrics  # noqa: E402
 from unet_jax.errors import UserInputError  # noqa: E402
-
-
-def watershed_cells(prob: np.ndarray, high: float, min_seed: int) -> np.ndarray:
-  """Cell mask ``[H, W]`` float (1 = cell, 0 = 1-px watershed line) of a cell probability."""
-  seeds = metrics.components(prob > high)
-  if min_seed:
-    sizes = np.bincount(seeds.ravel())
-    seeds[sizes[seeds] < min_seed] = 0
-  labels = watershed(-prob, markers=seeds, connectivity=1, watershed_line=True)
-  return (labels > 0).astype(np.float32)
-
-
-def _smoothed_watershed(prob: np.ndarray, high: float, min_seed: int) -> np.ndarray:
-  """:func:`watershed_cells` of the Gaussian-smoothed (sigma 1 px) probability."""
-  return watershed_cells(ndi.gaussian_filter(prob, 1.0), high, min_seed)
 
 
 def variants() -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
@@ -55,7 +39,8 @@ def variants() -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
           for s in (0.5, 1.0, 1.5, 2.0, 3.0)]
   out += [(f"median filter {m}x{m}", functools.partial(ndi.median_filter, size=m)) for m in (3, 5)]
   out += [(f"watershed, seeds p > {high}, seeds >= {min_seed} px",
-           functools.partial(_smoothed_watershed, high=high, min_seed=min_seed))
+           functools.partial(instances.watershed_cell_mask, seed_threshold=high,
+                             min_seed_size=min_seed))
           for high in (0.5, 0.7, 0.8, 0.9, 0.95) for min_seed in (0, 20, 100)]
   return out
 

@@ -91,6 +91,33 @@ def test_write_submission_shape_and_dtype(tiny_config, tmp_path):
   assert 0 <= stack.min() and stack.max() <= 1
 
 
+def test_watershed_postprocessing_is_what_gets_scored_and_submitted(tiny_config, tmp_path):
+  """postprocess="watershed": the scores are the ISBI measures of
+  instances.watershed_cell_mask of the probabilities, and the submission holds that mask."""
+  from unet_jax import instances, metrics
+  model, variables = _net(2, 4)
+  data = _data("synthetic")
+  probs = [p[..., 1] for p in evaluation.predict_images(model, variables, data.images,
+                                                        tiny_config)]
+  expected = metrics.isbi_scores([instances.watershed_cell_mask(p) for p in probs], data.labels)
+  scores = evaluation.evaluate_split(model, variables, data, tiny_config, out_dir=tmp_path,
+                                     postprocess="watershed")
+  for key in ("vrand", "vinfo", "pixel_error", "warping_error", "best_threshold"):
+    assert scores[key] == pytest.approx(expected[key], abs=1e-12), key
+  assert json.loads((tmp_path / "metrics.json").read_text())["postprocess"] == "watershed"
+  with pytest.raises(UserInputError, match="ISBI-style"):
+    evaluation.evaluate_split(model, variables, _data("dic_hela"), tiny_config,
+                              postprocess="watershed")
+  volume = np.random.default_rng(0).integers(0, 255, (2, 30, 36), dtype=np.uint8)
+  raw = tifffile.imread(evaluation.write_submission(model, variables, volume,
+                                                    tmp_path / "raw.tif", tiny_config))
+  mask = tifffile.imread(evaluation.write_submission(model, variables, volume,
+                                                     tmp_path / "ws.tif", tiny_config,
+                                                     postprocess="watershed"))
+  assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(mask, [instances.watershed_cell_mask(p) for p in raw])
+
+
 def test_safe_name():
   assert evaluation.safe_name("train-volume.tif:25") == "train-volume.tif_25"
 
@@ -186,6 +213,10 @@ def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
   run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
                   f"--out={inputs / 'res'}", "--tile_size=48")
   assert run.returncode == 2 and "inside the input folder" in run.stderr
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
+                  f"--out={tmp_path / 'ws'}", "--postprocess=watershed")
+  assert run.returncode == 2 and "Traceback" not in run.stderr
+  assert run.stderr.strip().splitlines()[-1].startswith("error: --postprocess works with")
 
 
 @pytest.mark.slow

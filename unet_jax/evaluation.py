@@ -90,6 +90,24 @@ def _instance_scores(cell_probs: list[np.ndarray], data, params: instances.Insta
   }, preds
 
 
+POSTPROCESS = ("none", "watershed")
+
+
+def postprocess_cell_probs(cell_probs: list[np.ndarray], method: str) -> list[np.ndarray]:
+  """``[H, W]`` maps to score or submit instead of the raw cell probabilities.
+
+  ``"none"``: the probabilities (the paper). ``"watershed"``: the cell mask
+  with 1-px watershed lines of ``instances.watershed_cell_mask`` (ISBI-style
+  membrane data only; cell-instance data choose their own way in
+  ``config.instances``).
+  """
+  if method == "none":
+    return cell_probs
+  if method == "watershed":
+    return [instances.watershed_cell_mask(p) for p in cell_probs]
+  raise UserInputError(f"post-processing {method!r}: choose one of {', '.join(POSTPROCESS)}")
+
+
 def score_predictions(cell_probs: list[np.ndarray], data, config, *,
                       warping: bool = True) -> tuple[dict, dict, list[np.ndarray]]:
   """Scores cell probabilities against ``data``.
@@ -111,7 +129,7 @@ def score_predictions(cell_probs: list[np.ndarray], data, config, *,
 def evaluate_split(model, variables: Any, data, config, *,
                    out_dir: str | pathlib.Path | None = None, tta: bool = False,
                    progress: bool = False, warping: bool = True,
-                   tile_size: int | None = None) -> dict:
+                   tile_size: int | None = None, postprocess: str = "none") -> dict:
   """Predicts and scores a held-out split.
 
   Args:
@@ -129,6 +147,9 @@ def evaluate_split(model, variables: Any, data, config, *,
     progress: tqdm bar over the images.
     warping: compute the warping error (ISBI-like data).
     tile_size: overrides the config's tile size.
+    postprocess: ``"none"`` or, for ISBI-like data, ``"watershed"``
+      (:func:`postprocess_cell_probs`): score the watershed cell mask instead
+      of the probabilities; the overlays still show the probabilities.
   Returns:
     Scalar scores: ISBI-like data ``vrand``, ``vinfo``, ``rand_error``,
     ``pixel_error``, ``warping_error``, ``best_threshold``; instance data
@@ -139,6 +160,10 @@ def evaluate_split(model, variables: Any, data, config, *,
   """
   if data.labels is None:
     raise UserInputError(f"the {data.dataset} split has no labels to evaluate against")
+  if postprocess != "none" and datasets.spec(data.dataset).protocol != "isbi":
+    raise UserInputError(f"post-processing {postprocess!r} is for ISBI-style membrane data; "
+                         f"{data.dataset} makes instances as config.instances says "
+                         "(e.g. --config.instances.method=watershed)")
   start = time.perf_counter()
   probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
                          progress=progress)
@@ -151,7 +176,10 @@ def evaluate_split(model, variables: Any, data, config, *,
     # every non-background class as "cell"; the classes get their IoU below.
     cell_probs = [1.0 - p[..., 0] for p in probs]
     scored = _foreground_view(data, num_classes)
-  scores, curves, masks = score_predictions(cell_probs, scored, config, warping=warping)
+  scores, curves, masks = score_predictions(postprocess_cell_probs(cell_probs, postprocess),
+                                            scored, config, warping=warping)
+  if postprocess != "none":
+    scores["postprocess"] = postprocess
   if num_classes > 2:
     scores.update(class_iou(probs, data.labels, num_classes))
   scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
@@ -302,7 +330,7 @@ def save_overlay(path: str | pathlib.Path, image: np.ndarray, cell_prob: np.ndar
 
 def write_submission(model, variables: Any, volume: np.ndarray, path: str | pathlib.Path,
                      config, *, tta: bool = False, progress: bool = False,
-                     tile_size: int | None = None) -> pathlib.Path:
+                     tile_size: int | None = None, postprocess: str = "none") -> pathlib.Path:
   """Writes the ISBI 2012 challenge submission: a 32-bit float TIFF stack.
 
   Convention (as the challenge expects; docs/conventions.md): each value is the
@@ -314,6 +342,8 @@ def write_submission(model, variables: Any, volume: np.ndarray, path: str | path
       slice is normalised like the training data (``datasets.normalize``).
     path: the TIFF to write.
     config, tta, progress, tile_size: as in ``evaluate_split``.
+    postprocess: ``"watershed"`` writes the watershed cell mask (values 0 and
+      1) instead of the probabilities (:func:`postprocess_cell_probs`).
   Returns:
     ``path``; the file holds float32 ``[S, H, W]`` in [0, 1].
   """
@@ -323,7 +353,8 @@ def write_submission(model, variables: Any, volume: np.ndarray, path: str | path
     raise UserInputError(f"submission volume must be [S, H, W], got shape {volume.shape}")
   probs = predict_images(model, variables, [datasets.normalize(s) for s in volume], config,
                          tile_size=tile_size, tta=tta, progress=progress)
-  stack = np.stack([p[..., 1] for p in probs]).astype(np.float32)
+  stack = np.stack(postprocess_cell_probs([p[..., 1] for p in probs], postprocess))
+  stack = stack.astype(np.float32)
   return _write_tiff(path, stack)
 
 
