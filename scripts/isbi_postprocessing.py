@@ -9,7 +9,11 @@ components, thinning; unet_jax/metrics.py) on the raw probabilities and on
 a few classic post-processings: Gaussian or median smoothing, and a
 marker-controlled watershed of the (Gaussian-smoothed, sigma 1 px) cell
 probability seeded by the components of ``p > high`` (smaller seeds dropped),
-whose 1-px watershed lines become the boundaries. Any setting chosen here must
+whose 1-px watershed lines become the boundaries
+(``instances.watershed_cell_mask``; ``evaluate.py --postprocess watershed``
+applies the setting p > 0.7, >= 20 px). ``--per_slice`` adds each slice's
+scores and its number of cell components against the truth's, which shows
+whether a setting merges or splits cells. Any setting chosen here must
 be chosen on validation slices, never on the held-out ones. To apply one
 chosen setting to the held-out slices (and nothing else), name it with --only:
 
@@ -53,6 +57,10 @@ def main(argv=None) -> int:
   ap.add_argument("--only", action="append", default=[],
                   help="score only this variant (its exact name in the table; repeatable), e.g. "
                        "a setting chosen on validation, applied once to the held-out slices")
+  ap.add_argument("--per_slice", action="store_true",
+                  help="add a table per slice (each slice its own best threshold) with the "
+                       "number of cell components against the truth's: where a setting "
+                       "merges or splits cells")
   args = ap.parse_args(argv)
   try:
     table = _score(args)
@@ -78,17 +86,34 @@ def _score(args: argparse.Namespace) -> str:
   data = datasets.load_split(config, args.split)
   probs = [p[..., 1] for p in evaluation.predict_images(model, variables, data.images, config,
                                                         tta=True)]
-  rows = []
+  rows, maps = [], {}
   for name, post in chosen:
-    r = metrics.isbi_scores([post(p) for p in probs], data.labels, warping=False)
+    maps[name] = [post(p) for p in probs]
+    r = metrics.isbi_scores(maps[name], data.labels, warping=False)
     rows.append(f"| {name} | {r['vrand']:.4f} | {r['vinfo']:.4f} | {r['best_threshold']:.1f} |")
     print(rows[-1], flush=True)
-  return "\n".join([
+  lines = [
       f"# Post-processing on the {args.split} split ({indices})", "",
       f"Run `{args.workdir}`, latest checkpoint, 8-fold TTA. Command: "
       f"`python scripts/isbi_postprocessing.py --workdir {args.workdir} --split {args.split} "
-      f"--out {args.out}" + "".join(f" --only '{n}'" for n in args.only) + "`", "",
-      "| post-processing | V_rand | V_info | best threshold |", "|---|---|---|---|", *rows, ""])
+      f"--out {args.out}" + "".join(f" --only '{n}'" for n in args.only)
+      + (" --per_slice" if args.per_slice else "") + "`", "",
+      "| post-processing | V_rand | V_info | best threshold |", "|---|---|---|---|", *rows, ""]
+  if args.per_slice:
+    lines += ["## Per slice", "",
+              "Each slice scored alone (its own best threshold). Components: 4-connected "
+              "cell components of the map at that threshold, and of the truth's cell label.", "",
+              "| slice | post-processing | V_rand | V_info | threshold | components | truth |",
+              "|---|---|---|---|---|---|---|"]
+    for i, (slice_name, label) in enumerate(zip(data.names, data.labels)):
+      truth = int(metrics.components(label == 1).max())
+      for name in maps:
+        r = metrics.isbi_scores([maps[name][i]], [label], warping=False)
+        found = int(metrics.components(maps[name][i] > r["best_threshold"]).max())
+        lines.append(f"| {slice_name} | {name} | {r['vrand']:.4f} | {r['vinfo']:.4f} | "
+                     f"{r['best_threshold']:.1f} | {found} | {truth} |")
+    lines.append("")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

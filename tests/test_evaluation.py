@@ -271,13 +271,25 @@ def test_postprocessing_script_scores_only_the_named_variants(tiny_run, tmp_path
                            *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
   chosen = ["watershed, seeds p > 0.7, seeds >= 20 px", "raw probabilities"]
-  proc = script(*[a for name in chosen for a in ("--only", name)])
+  proc = script(*[a for name in chosen for a in ("--only", name)], "--per_slice")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  lines = (tmp_path / "pp.md").read_text().splitlines()
+  text = (tmp_path / "pp.md").read_text()
+  lines, per_slice = text.split("## Per slice")[0].strip().splitlines(), text.split("## Per slice")[1]
   rows = [l[2:].split(" | ")[0] for l in lines if l.startswith("| ") and "V_rand" not in l]
   assert rows == chosen[::-1]  # the table's order, nothing else scored
   scores = [float(v) for l in lines[-2:] for v in l.split(" | ")[1:3]]  # V_rand, V_info
   assert len(scores) == 4 and all(0 <= v <= 1 for v in scores)
+  # Per slice: every (slice, variant) once; the truth's cell count by scikit-image.
+  from skimage.measure import label as sk_label
+  from unet_jax import config_lib, datasets
+  data = datasets.load_split(config_lib.load_saved(tiny_run), "val")
+  cells = [l.strip("| ").split(" | ") for l in per_slice.splitlines() if l.startswith("| ")
+           and not l.startswith("| slice")]
+  assert cells and [(c[0], c[1]) for c in cells] == [(n, v) for n in data.names
+                                                     for v in chosen[::-1]]
+  for c in cells:
+    truth = data.labels[data.names.index(c[0])] == 1
+    assert int(c[-1]) == sk_label(truth, connectivity=1).max()
   proc = script("--only", "watershed p > 0.7")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.startswith("error: unknown --only 'watershed p > 0.7'; the variants are: ")
