@@ -105,6 +105,8 @@ def test_watershed_postprocessing_is_what_gets_scored_and_submitted(tiny_config,
   for key in ("vrand", "vinfo", "pixel_error", "warping_error", "best_threshold"):
     assert scores[key] == pytest.approx(expected[key], abs=1e-12), key
   assert json.loads((tmp_path / "metrics.json").read_text())["postprocess"] == "watershed"
+  with pytest.raises(UserInputError, match="choose one of none, watershed"):
+    evaluation.evaluate_split(model, variables, data, tiny_config, postprocess="watersheds")
   with pytest.raises(UserInputError, match="ISBI-style"):
     evaluation.evaluate_split(model, variables, _data("dic_hela"), tiny_config,
                               postprocess="watershed")

@@ -160,6 +160,9 @@ def evaluate_split(model, variables: Any, data, config, *,
   """
   if data.labels is None:
     raise UserInputError(f"the {data.dataset} split has no labels to evaluate against")
+  if postprocess not in POSTPROCESS:
+    raise UserInputError(f"post-processing {postprocess!r}: choose one of "
+                         f"{', '.join(POSTPROCESS)}")
   if postprocess != "none" and datasets.spec(data.dataset).protocol != "isbi":
     raise UserInputError(f"post-processing {postprocess!r} is for ISBI-style membrane data; "
                          f"{data.dataset} makes instances as config.instances says "

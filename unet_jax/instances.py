@@ -17,6 +17,9 @@ components. Two ways to turn the same probabilities into instances:
   kept as objects of their own.
 
 Both return int32 ``[H, W]`` labels (0 = background, 1..n consecutive).
+For ISBI-style membrane data, ``watershed_cell_mask`` turns ``p(cell)`` into a
+cell mask whose boundaries are 1-px watershed lines (``evaluate.py
+--postprocess watershed``; opt-in, see docs/conventions.md).
 ``merge_split_counts`` counts the two ways an instance result goes wrong; the
 definitions are in docs/cells.md.
 """
