@@ -101,11 +101,16 @@ def postprocess_cell_probs(cell_probs: list[np.ndarray], method: str) -> list[np
   membrane data only; cell-instance data choose their own way in
   ``config.instances``).
   """
-  if method == "none":
-    return cell_probs
+  check_postprocess(method)
   if method == "watershed":
     return [instances.watershed_cell_mask(p) for p in cell_probs]
-  raise UserInputError(f"post-processing {method!r}: choose one of {', '.join(POSTPROCESS)}")
+  return cell_probs
+
+
+def check_postprocess(method: str) -> None:
+  """Refuses a post-processing name not in ``POSTPROCESS`` (before any prediction)."""
+  if method not in POSTPROCESS:
+    raise UserInputError(f"post-processing {method!r}: choose one of {', '.join(POSTPROCESS)}")
 
 
 def score_predictions(cell_probs: list[np.ndarray], data, config, *,
@@ -160,9 +165,7 @@ def evaluate_split(model, variables: Any, data, config, *,
   """
   if data.labels is None:
     raise UserInputError(f"the {data.dataset} split has no labels to evaluate against")
-  if postprocess not in POSTPROCESS:
-    raise UserInputError(f"post-processing {postprocess!r}: choose one of "
-                         f"{', '.join(POSTPROCESS)}")
+  check_postprocess(postprocess)
   if postprocess != "none" and datasets.spec(data.dataset).protocol != "isbi":
     raise UserInputError(f"post-processing {postprocess!r} is for ISBI-style membrane data; "
                          f"{data.dataset} makes instances as config.instances says "
@@ -350,6 +353,7 @@ def write_submission(model, variables: Any, volume: np.ndarray, path: str | path
   Returns:
     ``path``; the file holds float32 ``[S, H, W]`` in [0, 1].
   """
+  check_postprocess(postprocess)
   volume = np.asarray(volume)
   volume = volume[None] if volume.ndim == 2 else volume
   if volume.ndim != 3:
