@@ -1,6 +1,6 @@
 """DIC-C2DH-HeLa on a CPU: the dic_hela.py setup with a narrower net.
 
-    python train.py --config configs/dic_hela_cpu.py --workdir W        # ~35 min, 2 cores
+    python train.py --config configs/dic_hela_cpu.py --workdir W        # ~40 min, 2 cores (38-39 min measured)
     python evaluate.py --workdir W --mode heldout                       # frames 60-83
 
 Same data, instance weight maps (Eq. 2 with separation borders, paper Fig. 3),

@@ -8,7 +8,8 @@ The paper's setup: 572x572 input tiles (388x388 output), batch of one tile,
 elastic deformation (3x3 grid, std 10 px). The challenge's test labels are
 secret, so we train on slices 0-24, keep the last checkpoint and report on the
 held-out slices 25-29 (a contiguous block of serial sections). Needs a GPU: on
-an H200, 6000 steps (fp32, 12 grain workers) take 41 s at 146 steps/s and
+an H200, 6000 steps (fp32, 12 grain workers) take 66 s (146 steps/s after the
+first 50 steps, which include compilation) and
 score held-out V_rand 0.958 (results/isbi_gpu_6k/, benchmarks/gpu_lease.sh).
 """
 

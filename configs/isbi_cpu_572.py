@@ -1,6 +1,6 @@
 """ISBI 2012 on a CPU with the paper's tile size: 572x572 inputs, 16 features.
 
-    python train.py --config configs/isbi_cpu_572.py --workdir W   # ~30 min on a free 2-core CPU
+    python train.py --config configs/isbi_cpu_572.py --workdir W   # ~35 min on a 2-core CPU (about 36 measured)
     python evaluate.py --workdir W --mode heldout --tta             # slices 25-29
 
 configs/isbi_cpu.py with the paper's 572x572 input tiles (388x388 output)
