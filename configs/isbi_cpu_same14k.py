@@ -12,8 +12,9 @@ loop), so 14000 steps fit in the 60 min that 9000 steps needed before
 49.3 min, against 0.943 / 0.970 for 9000 steps. Held-out slices 25-29 (train
 0-24, last checkpoint, TTA), seeds 0/1/2: V_rand 0.986 / 0.982 / 0.984 (mean
 0.984), V_info 0.985 / 0.982 / 0.985 (mean 0.984), 42-50 min each
-(results/isbi_cpu_same14k/, results/README.md). Seeds 3/4/5, trained later:
-0.985 / 0.980 / 0.983 and 0.986 / 0.979 / 0.984 (six-seed means 0.9835 / 0.9833).
+(results/isbi_cpu_same14k/, results/README.md). Seeds 3-8, trained later:
+V_rand 0.985 / 0.980 / 0.983 / 0.988 / 0.983 / 0.984, V_info 0.986 / 0.979 /
+0.984 / 0.987 / 0.985 / 0.985; nine-seed means 0.9840 / 0.9842 (42-53 min each).
 NOT the paper's architecture (SAME padding; see isbi_cpu_same.py).
 """
 
