@@ -14,6 +14,9 @@
 #   no validation split, the last checkpoint is kept (nothing is chosen on
 #   25-29); scores 25-29 with 8-fold TTA; writes the challenge submission for
 #   test-volume.tif (SHA-256 + preview).
+# valsweep SECONDS: configs/isbi_cpu_same14k.py on the validation split for
+#   VARIANTS x SEEDS (PARALLEL at a time), for choosing the CPU recipe's free
+#   settings (learning rate, ...) on validation; results in valsweep.jsonl.
 # Everything that should come back is written under $OUT (at most 8 files).
 # Missing packages (grain, ml_collections) are installed from .whl/ when present;
 # if the probe fails with the machine's own flax/optax/orbax, the pinned ones in
@@ -67,6 +70,45 @@ print(r[-1]['steps_per_sec'])" 2>/dev/null || echo 0
   timeout ${BENCH_SECONDS:-200} $PY benchmarks/gpu.py --reps 10 --warmup 2 --compile_batch 8 \
       --loader_batches 10 ${BENCH_ARGS:-} --out_dir "$OUT" > "$OUT/benchmark.log" 2>&1
   say "benchmark rc $?"; tail -30 "$OUT/benchmark.log"
+elif [ "$PART" = valsweep ]; then
+  # Validation sweep of the CPU recipe's free settings (they cost no CPU time):
+  # configs/isbi_cpu_same14k.py on train 0-19, validation 20-24, last checkpoint,
+  # in-loop validation at the last step (no TTA), fp32 without TF32 so that the
+  # arithmetic is the CPU recipe's. VARIANTS: "name:flags;name:flags", SEEDS,
+  # PARALLEL processes at a time (WORKERS grain workers each); runs are started
+  # seed by seed so that a lease that ends early leaves complete seeds.
+  export JAX_DEFAULT_MATMUL_PRECISION=highest
+  VARIANTS=${VARIANTS:-"base:;lr0.006:--config.learning_rate=0.006;lr0.0015:--config.learning_rate=0.0015"}
+  SEEDS=${SEEDS:-"0 1 2 3"}
+  SWEEP=(--config configs/isbi_cpu_same14k.py --config.train_indices=0-19
+         --config.val_indices=20-24 --config.heldout_indices= --config.eval_every=100000000
+         --config.checkpoint_every=100000 --config.num_workers=${WORKERS:-3} ${SWEEP_ARGS:-})
+  IFS=';' read -ra VS <<< "$VARIANTS"
+  for seed in $SEEDS; do
+    for v in "${VS[@]}"; do
+      name=${v%%:*}; flags=${v#*:}
+      while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-4}" ]; do sleep 1; done
+      [ "$(left)" -lt 60 ] && break 2
+      say "start $name seed $seed"
+      (timeout $(( $(left) - 25 )) $PY train.py "${SWEEP[@]}" $flags --config.seed=$seed \
+          --workdir /tmp/sweep/$name/seed$seed > /tmp/sweep_${name}_$seed.log 2>&1
+       say "end $name seed $seed rc $?") &
+    done
+  done
+  wait
+  $PY - "$OUT/valsweep.jsonl" <<'PYEOF'
+import glob, json, sys
+with open(sys.argv[1], "w") as f:
+  for path in sorted(glob.glob("/tmp/sweep/*/seed*/metrics.jsonl")):
+    rows = [json.loads(l) for l in open(path)]
+    val = [r for r in rows if r.get("split") == "val"]
+    rate = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]
+    name, seed = path.split("/")[3], path.split("/")[4]
+    out = {"variant": name, "seed": int(seed[4:]), "last_step": rows[-1].get("step"),
+           "steps_per_sec": rate[-1] if rate else None, **(val[-1] if val else {})}
+    f.write(json.dumps(out) + "\n"); print(out)
+PYEOF
+  (cd /tmp/sweep && tar czf "$OUT/valsweep_runs.tgz" --exclude='checkpoints' .)
 else
   W=/tmp/isbi_gpu
   TRAIN_SECONDS=$(( $(left) - 280 ))
