@@ -33,6 +33,9 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to
 flags.DEFINE_bool("param_average", True, "For a run that kept a moving average of the "
                   "parameters (config.ema_decay > 0): use it; --noparam_average: the raw "
                   "parameters (with --checkpoint latest).")
+flags.DEFINE_integer("snapshots", 1, "With --checkpoint latest: average the class "
+                     "probabilities of the run's last N periodic checkpoints (a snapshot "
+                     "ensemble; not in the paper). 1 = the latest checkpoint alone.")
 flags.DEFINE_bool("tta", False, "Average the 8 flips/rotations (test-time augmentation).")
 flags.DEFINE_integer("tile_size", 0, "Input tile side (0 = the config's eval tile size).")
 flags.DEFINE_enum("split", None, ["val", "heldout"], "heldout mode: the split to score "
@@ -86,6 +89,13 @@ def main(argv):
     config = model.config
   elif not FLAGS.workdir:
     raise UserInputError("--workdir is required (the training run's directory)")
+  elif FLAGS.snapshots != 1:
+    if FLAGS.checkpoint != "latest":
+      raise UserInputError("--snapshots averages the last periodic checkpoints: use it "
+                           "with --checkpoint latest")
+    saved, model, variables = inference.load_snapshots(
+        FLAGS.workdir, FLAGS.snapshots, average=FLAGS.param_average)
+    config = _config(saved)
   else:
     saved, model, variables = inference.load_for_inference(
         FLAGS.workdir, FLAGS.checkpoint, average=FLAGS.param_average)

@@ -295,3 +295,32 @@ def test_postprocessing_script_scores_only_the_named_variants(tiny_run, tmp_path
   proc = script("--only", "watershed p > 0.7")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.startswith("error: unknown --only 'watershed p > 0.7'; the variants are: ")
+
+
+def test_snapshot_ensemble_averages_the_last_checkpoints(tiny_run, tmp_path):
+  """evaluate.py --snapshots N: the last N periodic checkpoints, probabilities averaged."""
+  import orbax.checkpoint as ocp
+
+  from unet_jax import checkpoint, config_lib, datasets, inference
+
+  assert checkpoint.periodic_steps(tiny_run) == [3, 6, 9]
+  config, model, members = inference.load_snapshots(tiny_run, 2)
+  assert len(members) == 2
+  # The members are the checkpoints of steps 6 and 9, read here with orbax alone.
+  for member, step in zip(members, (6, 9)):
+    raw = ocp.StandardCheckpointer().restore(tiny_run / "checkpoints" / str(step) / "state")
+    for got, want in zip(jax.tree.leaves(member["params"]), jax.tree.leaves(raw["params"])):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  data = datasets.load_split(config_lib.load_saved(tiny_run), "val")
+  images = data.images[:1]
+  each = [evaluation.predict_images(model, m, images, config) for m in members]
+  assert not np.allclose(each[0][0], each[1][0])  # two different models
+  both = evaluation.predict_images(model, members, images, config)
+  np.testing.assert_allclose(both[0], (each[0][0] + each[1][0]) / 2, atol=1e-6)
+  with pytest.raises(UserInputError, match=r"4 snapshots asked, but .* keeps 3 \(\[3, 6, 9\]\)"):
+    inference.load_snapshots(tiny_run, 4)
+  proc = subprocess.run([sys.executable, "evaluate.py", "--workdir", str(tiny_run),
+                         "--snapshots", "2", "--out", str(tmp_path / "e")], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "--checkpoint latest" in proc.stderr

@@ -176,10 +176,34 @@ def restore_best_params(workdir: str | pathlib.Path, abstract_params: Any
                          ocp.args.StandardRestore(abstract_params))
 
 
+def _read_only_train_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
+  # max_to_keep far above any run's keep_checkpoints: opening it deletes nothing.
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
+                               options=_options(1000), item_names=("state", "data_iter"))
+
+
 def restore_latest_state(workdir: str | pathlib.Path, abstract_state: Any
                          ) -> tuple[Any, int] | None:
   """``(state, step)`` of the newest periodic checkpoint (without the data
   iterator, read-only), or None if there is none."""
-  mgr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
-                              options=_options(1000), item_names=("state", "data_iter"))
-  return _restore_newest(mgr, "state", ocp.args.StandardRestore(abstract_state))
+  return _restore_newest(_read_only_train_manager(workdir), "state",
+                         ocp.args.StandardRestore(abstract_state))
+
+
+def periodic_steps(workdir: str | pathlib.Path) -> list[int]:
+  """Steps of the periodic checkpoints kept in ``workdir/checkpoints``, oldest first."""
+  mgr = _read_only_train_manager(workdir)
+  try:
+    return sorted(mgr.all_steps())
+  finally:
+    mgr.close()
+
+
+def restore_state(workdir: str | pathlib.Path, abstract_state: Any, step: int) -> Any:
+  """The train state of the periodic checkpoint at ``step`` (read-only)."""
+  mgr = _read_only_train_manager(workdir)
+  try:
+    return mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state))).state
+  finally:
+    mgr.close()

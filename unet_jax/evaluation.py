@@ -50,8 +50,14 @@ def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, 
                    progress: bool = False) -> list[np.ndarray]:
   """Class probabilities ``[H, W, K]`` of each normalised image ``[H, W, C]``.
 
-  ``tile_size`` overrides the config's ``eval_tile_size``.
+  ``variables`` is ``{"params": ...}``, or a list of them (a snapshot
+  ensemble, ``inference.load_snapshots``): then the probabilities of the
+  members are averaged. ``tile_size`` overrides the config's ``eval_tile_size``.
   """
+  if isinstance(variables, (list, tuple)):
+    members = [predict_images(model, v, images, config, tile_size=tile_size, tta=tta,
+                              progress=progress) for v in variables]
+    return [np.mean(per_image, axis=0) for per_image in zip(*members)]
   tile = tile_size or config.eval_tile_size
   if not tile:
     raise ValueError("config.eval_tile_size is 0: pass a resolved config "
@@ -139,7 +145,8 @@ def evaluate_split(model, variables: Any, data, config, *,
 
   Args:
     model: a ``unet_jax.UNet``.
-    variables: ``{"params": ...}``.
+    variables: ``{"params": ...}``, or a list of them (probabilities averaged,
+      see ``predict_images``).
     data: a ``datasets.SegmentationData`` (or any object with ``images``
       float32 ``[H, W, C]``, ``labels`` int32 ``[H, W]`` (1 = cell, 0 =
       membrane/background, other = ignore), ``instances``, ``names``,

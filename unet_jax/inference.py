@@ -69,6 +69,43 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
   return config, model, {"params": train_lib.eval_params(state) if average else state.params}
 
 
+def load_snapshots(workdir: str | pathlib.Path, count: int, *, average: bool = True
+                   ) -> tuple[ml_collections.ConfigDict, model_lib.UNet, list[dict]]:
+  """The last ``count`` periodic checkpoints of a run, for a snapshot ensemble.
+
+  Averaging the class probabilities of a run's last few checkpoints
+  (``evaluation.predict_images`` with a list of variables) smooths the
+  step-to-step changes of the late iterates at no training cost. Not in the
+  paper; ``count=1`` is the latest checkpoint alone.
+
+  Returns:
+    ``(config, model, [variables, ...])``, oldest checkpoint first, each
+    ``{"params": ...}`` (the parameter average if the run kept one and
+    ``average``).
+  Raises:
+    UserInputError: ``count`` < 1, no config.json, or fewer than ``count``
+      checkpoints in ``workdir/checkpoints``.
+  """
+  if count < 1:
+    raise UserInputError(f"--snapshots must be at least 1, got {count}")
+  workdir = pathlib.Path(workdir)
+  config = config_lib.resolve(config_lib.load_saved(workdir))
+  model = model_lib.from_config(config)
+  steps = checkpoint.periodic_steps(workdir)
+  if len(steps) < count:
+    raise UserInputError(f"{count} snapshots asked, but {workdir}/checkpoints keeps "
+                         f"{len(steps)} ({steps}): lower --snapshots or train with "
+                         f"--config.keep_checkpoints={count}")
+  abstract_state = _on_default_device(jax.eval_shape(
+      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0))))
+  variables = []
+  for step in steps[-count:]:
+    state = checkpoint.restore_state(workdir, abstract_state, step)
+    variables.append({"params": train_lib.eval_params(state) if average else state.params})
+  log.info("loaded the checkpoints %s of %s", steps[-count:], workdir)
+  return config, model, variables
+
+
 def load_latest_state(workdir: str | pathlib.Path
                       ) -> tuple[ml_collections.ConfigDict, model_lib.UNet, train_lib.TrainState]:
   """The run's resolved config, its UNet and the whole train state of the latest
