@@ -159,11 +159,14 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows = method_rows(args.features, [int(x) for x in args.sizes.split(",")],
                        int(args.tiles.split(",")[0]), args.batch, args.reps)
+    from train_step import cpu_model  # benchmarks/ is on sys.path when run as a script
     text = ["# Overlap-tile inference: host tiling vs one compiled program", "",
-            f"{datetime.date.today()}, {os.cpu_count()} CPU cores shared with other jobs "
-            f"(load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after: "
-            f"loaded-machine figures), jax {jax.__version__}, float32, depth 4, random "
-            f"weights, medians of {args.reps} interleaved calls.", "", *rows, ""]
+            f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
+            f"({cpu_model()}), 1-min load average {load0:.1f} before and "
+            f"{os.getloadavg()[0]:.1f} after (about {os.cpu_count()} when this benchmark "
+            f"alone runs: more means other jobs shared the cores), jax {jax.__version__}, "
+            f"float32, depth 4, random weights, medians of {args.reps} interleaved calls.",
+            "", *rows, ""]
     with open(args.out, "w") as f:
       f.write("\n".join(text))
     print(f"wrote {args.out}")
