@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import resource
 import sys
 import time
@@ -141,6 +140,16 @@ def method_rows(features: int, sizes, tile: int, batch: int, reps: int,
   return rows
 
 
+def _machine(load_before: float) -> str:
+  """Date, cores, CPU model and the 1-min load average before and now, for a table header."""
+  from train_step import cpu_model  # benchmarks/ is on sys.path when run as a script
+  cores = os.cpu_count()
+  return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {cores} CPU cores ({cpu_model()}), "
+          f"1-min load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
+          f"(about {cores} when this benchmark alone runs: more means other jobs shared "
+          "the cores)")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tiles", default="572,700", help="input tile sides")
@@ -155,18 +164,13 @@ def main() -> None:
   parser.add_argument("--out", default=os.path.join(REPO, "results", "inference_benchmark.md"))
   args = parser.parse_args()
 
+  load0 = os.getloadavg()[0]
   if args.methods:
-    load0 = os.getloadavg()[0]
     rows = method_rows(args.features, [int(x) for x in args.sizes.split(",")],
                        int(args.tiles.split(",")[0]), args.batch, args.reps)
-    from train_step import cpu_model  # benchmarks/ is on sys.path when run as a script
     text = ["# Overlap-tile inference: host tiling vs one compiled program", "",
-            f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores "
-            f"({cpu_model()}), 1-min load average {load0:.1f} before and "
-            f"{os.getloadavg()[0]:.1f} after (about {os.cpu_count()} when this benchmark "
-            f"alone runs: more means other jobs shared the cores), jax {jax.__version__}, "
-            f"float32, depth 4, random weights, medians of {args.reps} interleaved calls.",
-            "", *rows, ""]
+            f"{_machine(load0)}, jax {jax.__version__}, float32, depth 4, random weights, "
+            f"medians of {args.reps} interleaved calls.", "", *rows, ""]
     with open(args.out, "w") as f:
       f.write("\n".join(text))
     print(f"wrote {args.out}")
@@ -178,9 +182,7 @@ def main() -> None:
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   header = [
       "# Inference benchmark (benchmarks/inference.py)", "",
-      f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
-      f"{os.cpu_count()} CPU cores (shared with other users while measured: load "
-      f"average {os.getloadavg()[0]:.1f} at the end), "
+      f"{_machine(load0)}, "
       f"jax {jax.__version__} on {jax.default_backend()}, float32, paper net "
       f"(64 features, depth 4, 31.0 M parameters), 512x512 image, random weights.", ""]
   text = header

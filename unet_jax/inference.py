@@ -51,8 +51,7 @@ def load_for_inference(workdir: str | pathlib.Path, which: str = "best", *,
   if which not in ("best", "latest"):
     raise UserInputError(f"--checkpoint must be 'best' or 'latest', got {which!r}")
   workdir = pathlib.Path(workdir)
-  config = config_lib.resolve(config_lib.load_saved(workdir))
-  model = model_lib.from_config(config)
+  config, model = _saved_model(workdir)
   rng = jax.random.PRNGKey(0)
   if which == "best" and not average and config.ema_decay > 0:
     raise UserInputError("the best checkpoint of a run with a parameter average holds only "
@@ -91,8 +90,7 @@ def load_snapshots(workdir: str | pathlib.Path, count: int, *, average: bool = T
   if count < 1:
     raise UserInputError(f"--snapshots must be at least 1, got {count}")
   workdir = pathlib.Path(workdir)
-  config = config_lib.resolve(config_lib.load_saved(workdir))
-  model = model_lib.from_config(config)
+  config, model = _saved_model(workdir)
   steps = checkpoint.periodic_steps(workdir)
   if len(steps) < count:
     raise UserInputError(f"{count} snapshots asked, but {workdir}/checkpoints keeps "
@@ -116,9 +114,14 @@ def load_latest_state(workdir: str | pathlib.Path
     UserInputError: no config.json or no checkpoint in ``workdir``.
   """
   workdir = pathlib.Path(workdir)
-  config = config_lib.resolve(config_lib.load_saved(workdir))
-  model = model_lib.from_config(config)
+  config, model = _saved_model(workdir)
   return config, model, _restore_latest(workdir, config, model)
+
+
+def _saved_model(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, model_lib.UNet]:
+  """The run's resolved config (``workdir/config.json``) and its UNet."""
+  config = config_lib.resolve(config_lib.load_saved(workdir))
+  return config, model_lib.from_config(config)
 
 
 def _abstract_state(config: ml_collections.ConfigDict, model: model_lib.UNet) -> Any:
