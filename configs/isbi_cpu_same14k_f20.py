@@ -12,8 +12,13 @@ net is the lever left that keeps the 14000 steps. 20 features: 3.03 M instead of
 (0.16-0.18 s against 0.105-0.116 s at 256², benchmarks/train_step.py, 2026-12-03),
 so 14000 steps take about 45 min on the AMD EPYC machine of this project and
 would exceed 60 min on the slower Intel machines of earlier sessions (42-53 min
-for the 16-feature recipe there). Validation decision and held-out seeds:
-results/isbi_cpu_same14k_f20_val/ and results/README.md.
+for the 16-feature recipe there). Chosen on the validation split (train 0-19,
+validation 20-24, seed 0, last checkpoint, 8-fold TTA; rule written before the
+run, results/isbi_cpu_same14k_f20_val/): V_rand 0.9648 / V_info 0.9791 against
+0.9659 / 0.9753 for 16 features. Held-out slices 25-29 (train 0-24, last
+checkpoint, TTA), seeds 0 / 1: V_rand 0.9871 / 0.9859, V_info 0.9862 / 0.9864,
+47.3 / 47.8 min of training on the AMD EPYC machine (results/isbi_cpu_same14k_f20/);
+seed 2, the third declared seed, has not run yet (results/README.md).
 NOT the paper's architecture (SAME padding; see isbi_cpu_same.py).
 """
 
