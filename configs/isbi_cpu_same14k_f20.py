@@ -1,6 +1,6 @@
 """ISBI 2012 on a CPU: configs/isbi_cpu_same14k.py with 20 features instead of 16.
 
-    python train.py --config configs/isbi_cpu_same14k_f20.py --workdir W   # ~45 min on the AMD EPYC 2-core CPU
+    python train.py --config configs/isbi_cpu_same14k_f20.py --workdir W   # 47-48 min on the AMD EPYC 2-core CPU
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
 
 A candidate for issue 11's V_info goal (held-out V_info >= 0.985; the 16-feature
@@ -10,7 +10,7 @@ vinfo_split_merge.md), so thresholds and post-processing cannot lift it; a wider
 net is the lever left that keeps the 14000 steps. 20 features: 3.03 M instead of
 1.94 M parameters; a step costs 1.5-1.6x the 16-feature step on this CPU
 (0.16-0.18 s against 0.105-0.116 s at 256², benchmarks/train_step.py, 2026-12-03),
-so 14000 steps take about 45 min on the AMD EPYC machine of this project and
+so 14000 steps take 47-48 min on the AMD EPYC machine of this project and
 would exceed 60 min on the slower Intel machines of earlier sessions (42-53 min
 for the 16-feature recipe there). Chosen on the validation split (train 0-19,
 validation 20-24, seed 0, last checkpoint, 8-fold TTA; rule written before the
