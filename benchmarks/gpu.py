@@ -8,6 +8,11 @@ One process, one run, everything measured in the same session on the same card:
   cross-entropy + backward + SGD with momentum 0.99) of
   - ``jax``: ``unet_jax.train_lib.make_train_step`` (the project's jitted,
     donating step) and the jitted ``UNet.apply``;
+  - ``jax_reference`` (opt-in, ``--variants jax,jax_reference,...``): the same
+    with ``UNet(reference_ops=True)``: plain VALID convolutions followed by
+    bias + ReLU (the pattern XLA:GPU can fuse into one cuDNN call; the CPU
+    formulation's SAME conv + crop cannot be), ``conv_transpose`` and
+    ``reduce_window``, autodiff'd. Not measured on a GPU yet;
   - ``torch``: ``benchmarks/torch_unet.py`` in eager mode (channels-last,
     ``cudnn.benchmark``; bf16 = ``torch.autocast``), same loss and optimizer;
   - ``torch.compile``: the same module through ``torch.compile``;
@@ -130,7 +135,7 @@ def _batch(size: int, batch: int, seed: int = 0) -> dict:
 
 
 def bench_jax(size: int, batch: int, dtype: str, features: int, warmup: int,
-              reps: int) -> dict:
+              reps: int, reference_ops: bool = False) -> dict:
   import jax
   import jax.numpy as jnp
   from configs import default
@@ -142,6 +147,8 @@ def bench_jax(size: int, batch: int, dtype: str, features: int, warmup: int,
   c.learning_rate = 1e-4
   from unet_jax import model as model_lib
   model = model_lib.from_config(c)
+  if reference_ops:  # textbook ops: plain VALID conv (+ bias + ReLU), conv_transpose, reduce_window
+    model = model.clone(reference_ops=True)
   state = train_lib.create_train_state(c, model, jax.random.PRNGKey(0))
   data = {k: jnp.asarray(v) for k, v in _batch(size, batch).items()}
   step = train_lib.make_train_step(model, c)
@@ -348,8 +355,8 @@ def main(argv=None) -> dict:
         continue
       t0 = time.perf_counter()
       try:
-        if name == "jax":
-          r = bench_jax(size, batch, dtype, features, warmup, reps)
+        if name in ("jax", "jax_reference"):
+          r = bench_jax(size, batch, dtype, features, warmup, reps, name == "jax_reference")
         else:
           r = bench_torch(size, batch, dtype, features, warmup, reps, name == "torch.compile")
       except Exception as e:  # noqa: BLE001 - one failed variant must not end the lease

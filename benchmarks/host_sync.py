@@ -82,6 +82,7 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--out", default="")
   args = p.parse_args()
+  from train_step import cpu_model  # benchmarks/ is on sys.path when run as a script
   load0 = os.getloadavg()[0]
   rows = ["| config | steps per block | fetch every step: steps/s | fetch every "
           f"{args.log_every}: steps/s | ratio |", "|---|---|---|---|---|"]
@@ -90,9 +91,10 @@ def main() -> None:
     a, b = (statistics.median(v) for v in rates.values())
     rows.append(f"| {name} | {args.steps} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
   text = "\n".join([
-      f"Load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after "
-      f"({os.cpu_count()} CPU cores shared with other jobs: loaded-machine figures); "
-      f"medians of {args.rounds} alternating blocks.", "", *rows, ""])
+      f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()}, {os.cpu_count()} CPU cores; "
+      f"1-min load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after (the run "
+      f"itself keeps the cores busy); medians of {args.rounds} alternating blocks.", "",
+      *rows, ""])
   print(text)
   if args.out:
     pathlib.Path(args.out).write_text(text)

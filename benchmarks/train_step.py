@@ -17,6 +17,9 @@ Variants:
                     instead of its custom VJP, the compiler options as ``jax``.
   torch             ``benchmarks/torch_unet.py`` in eager mode, fp32 (autocast
                     bf16 with ``--dtype bfloat16``), ``torch.set_num_threads(cpu_count)``.
+  <name>+thp        any of the above in a worker started with
+                    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc's malloc asks for
+                    transparent huge pages; docs/performance.md, "Host memory").
 
 The train step is forward + pixel-weighted cross-entropy (mean over pixels) +
 backward + SGD with momentum 0.99; dropout is active in both frameworks. The
@@ -187,10 +190,12 @@ def worker_main(args: argparse.Namespace) -> None:
     if op == "quit":
       break
     t0, c0 = time.perf_counter(), time.process_time()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     getattr(w, op)()
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    print(json.dumps({"op": op, "s": dt, "cpu_s": dc, "peak_rss_mb": _peak_rss_mb()}),
-          file=out, flush=True)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    print(json.dumps({"op": op, "s": dt, "cpu_s": dc, "page_faults": faults,
+                      "peak_rss_mb": _peak_rss_mb()}), file=out, flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -198,13 +203,22 @@ def worker_main(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------
 
 
+# A variant name with this suffix runs the base variant with glibc's malloc asking for
+# transparent huge pages (docs/performance.md, "Host memory").
+THP_SUFFIX, THP_TUNABLE = "+thp", "glibc.malloc.hugetlb=1"
+
+
 def _spawn(name: str, args: argparse.Namespace) -> subprocess.Popen:
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
+  base = name.removesuffix(THP_SUFFIX)
+  env = dict(os.environ)
+  if name.endswith(THP_SUFFIX):
+    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), THP_TUNABLE) if t)
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", base,
          "--size", str(args.size), "--features", str(args.features), "--depth",
          str(args.depth), "--batch", str(args.batch), "--dtype", args.dtype,
          "--padding", args.padding]
   return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                          cwd=REPO)
+                          cwd=REPO, env=env)
 
 
 def _ask(proc: subprocess.Popen, op: str) -> dict[str, Any]:
@@ -236,17 +250,20 @@ def _load() -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Runs the interleaved benchmark and returns the summary."""
   variants = args.variants.split(",")
-  reps = {v: (args.reference_reps if v == "jax_reference" else args.reps) for v in variants}
+  reps = {v: (args.reference_reps if v.startswith("jax_reference") else args.reps)
+          for v in variants}
   result: dict[str, Any] = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth,
       "batch": args.batch, "dtype": args.dtype, "padding": args.padding, "reps": reps,
       "cpu_count": os.cpu_count(), "machine": cpu_model(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_before": _load(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": _load(),
       "variants": {},
   }
   times: dict[str, dict[str, list[float]]] = {
-      v: {"forward": [], "step": [], "forward_cpu": [], "step_cpu": []} for v in variants}
+      v: {"forward": [], "step": [], "forward_cpu": [], "step_cpu": [], "forward_faults": [],
+          "step_faults": []} for v in variants}
   procs: dict[str, subprocess.Popen] = {}
   try:
     # Start and warm the workers one at a time, so that compilation runs alone.
@@ -264,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ans = _ask(procs[v], op)
             times[v][op].append(ans["s"])
             times[v][op + "_cpu"].append(ans["cpu_s"])
+            times[v][op + "_faults"].append(ans["page_faults"])
             result["variants"][v]["peak_rss_mb"] = ans["peak_rss_mb"]
             print(f"rep {r} {op:7s} {v:16s} {ans['s']:8.3f} s  cpu {ans['cpu_s']:8.3f} s  "
                   f"load {_load()}", flush=True)
@@ -285,6 +303,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for op in ("forward", "step", "forward_cpu", "step_cpu"):
       result["variants"][v][f"{op}_s"] = times[v][op]
       result["variants"][v][f"{op}_median_s"] = statistics.median(times[v][op])
+    for op in ("forward_faults", "step_faults"):  # minor page faults per call
+      result["variants"][v][op] = times[v][op]
+      result["variants"][v][f"{op}_median"] = statistics.median(times[v][op])
   return result
 
 
@@ -294,7 +315,9 @@ def _row(name: str, v: dict[str, Any], torch: dict[str, Any] | None) -> str:
     t = v[f"{op}_median_s"]
     ratio = f"{t / torch[f'{op}_median_s']:.2f}×" if torch else "–"
     cells.append(f"{t:.3g} | {ratio}")
+  faults = v.get("step_faults_median")  # recorded since 2026-12-03
   return (f"| {name} | {' | '.join(cells)} | "
+          f"{'–' if faults is None else f'{faults / 1000:.0f}k'} | "
           f"{v['peak_rss_mb'] / 1024:.2f} | {v['warmup']['first_step_s']:.1f} |")
 
 
@@ -314,7 +337,11 @@ def write_markdown(out: str) -> None:
       "with other jobs it shows the work done better than the wall time, but PyTorch's",
       "OpenMP threads spin while waiting, which inflates its CPU time. Peak RSS is the",
       "worker process's `ru_maxrss` (forward + train step). 'First step' includes",
-      "compilation.",
+      "compilation. A `+thp` row ran with glibc's malloc asking for transparent huge",
+      "pages; its ratios are against the PyTorch `+thp` row when there is one.",
+      "Page faults: the worker's minor page faults per train step (median;",
+      "recorded since 2026-12-03): fresh pages of the temporary buffers, see",
+      "docs/performance.md, 'Host memory'.",
       "",
   ]
   for name, r in runs:
@@ -326,13 +353,16 @@ def write_markdown(out: str) -> None:
         "",
         f"{r['date']}, {r['cpu_count']} CPUs ({r['machine']}), reps {r['reps']}, load "
         f"average before {r['load_before']}, after {r['load_after']}"
-        + (f", XLA_FLAGS=`{r['xla_flags']}`" if r["xla_flags"] else "") + ".",
+        + (f", XLA_FLAGS=`{r['xla_flags']}`" if r["xla_flags"] else "")
+        + (f", GLIBC_TUNABLES=`{r['glibc_tunables']}`" if r.get("glibc_tunables") else "")
+        + ".",
         "",
         "| variant | forward (s) | vs PyTorch | train step (s) | vs PyTorch "
-        "| train step CPU (s) | vs PyTorch | peak RSS (GiB) | first step (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| train step CPU (s) | vs PyTorch | page faults per step | peak RSS (GiB) "
+        "| first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for v in VARIANTS:
+    for v in [x + thp for x in VARIANTS for thp in ("", THP_SUFFIX)]:
       if v in r["variants"]:
         label = {"jax": "unet_jax `UNet()`, `layers.xla_compiler_options()`",
                  "jax_xla_defaults": "unet_jax `UNet()`, XLA default options",
@@ -340,8 +370,12 @@ def write_markdown(out: str) -> None:
                  "jax_same_autodiff": "unet_jax `UNet()`, SAME conv by autodiff "
                                       "(before its custom VJP), compiler options",
                  "torch": "PyTorch eager" + (" (autocast bf16)" if r["dtype"] == "bfloat16"
-                                            else "")}[v]
-        lines.append(_row(label, r["variants"][v], torch))
+                                            else "")}[v.removesuffix(THP_SUFFIX)]
+        if v.endswith(THP_SUFFIX):
+          label += f", `GLIBC_TUNABLES={THP_TUNABLE}`"
+        # ratios against PyTorch under the same allocator setting when it was run
+        ref = r["variants"].get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
+        lines.append(_row(label, r["variants"][v], ref or torch))
     lines.append("")
   with open(out, "w") as f:
     f.write("\n".join(lines))
@@ -360,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--padding", choices=("valid", "same"), default="valid",
                  help="same: the non-default UNet(padding='same') (and padded PyTorch convs)")
   p.add_argument("--variants", default=",".join(VARIANTS),
-                 help=f"comma-separated subset of {VARIANTS}")
+                 help=f"comma-separated subset of {VARIANTS}; a name with the suffix "
+                 f"'{THP_SUFFIX}' runs that variant with GLIBC_TUNABLES={THP_TUNABLE}")
   p.add_argument("--out", default=os.path.join(REPO, "results", "train_step_benchmark.md"))
   p.add_argument("--tag", default="", help="suffix of the JSON file name")
   p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -369,8 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     worker_main(args)
     return
   for v in args.variants.split(","):
-    if v not in VARIANTS:
-      p.error(f"unknown variant {v!r}; choose from {VARIANTS}")
+    if v.removesuffix(THP_SUFFIX) not in VARIANTS:
+      p.error(f"unknown variant {v!r}; choose from {VARIANTS}, each optionally with "
+              f"the suffix {THP_SUFFIX!r}")
     if v == "jax_same_autodiff" and args.padding != "same":
       p.error("jax_same_autodiff needs --padding same")
   result = run(args)

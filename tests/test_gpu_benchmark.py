@@ -42,13 +42,14 @@ def test_peak_table_lookup():
 def test_tiny_run_writes_the_tables(tmp_path, monkeypatch):
   monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path / "cache"))
   # One toy case (each case costs two compilations on this CPU); --cases picks it.
-  run = gpu.main(["--tiny", "--cases=204x2xbfloat16", "--variants=jax", "--workers=0",
+  run = gpu.main(["--tiny", "--cases=204x2xbfloat16", "--variants=jax,jax_reference", "--workers=0",
                   "--reps=1", "--loader_batches=1", f"--out_dir={tmp_path}"])
   assert [(c["size"], c["batch"], c["dtype"]) for c in run["cases"]] == [(204, 2, "bfloat16")]
-  v = run["cases"][0]["variants"]["jax"]
-  assert "error" not in v and v["step_s"] > 0 and v["forward_s"] > 0
+  for name in ("jax", "jax_reference"):
+    v = run["cases"][0]["variants"][name]
+    assert "error" not in v and v["step_s"] > 0 and v["forward_s"] > 0, name
   assert run["cases"][0]["train_flops"] == 3 * gpu.unet_flops(204, 2, 8)
   assert [r["num_workers"] for r in run["loader"]] == [0]
   md = next(tmp_path.glob("gpu_*_tiny.md")).read_text()
-  assert md.count("| jax |") == 1 and "samples/s" in md
+  assert md.count("| jax |") == 1 and md.count("| jax_reference |") == 1 and "samples/s" in md
   assert json.loads(next(tmp_path.glob("gpu_*_tiny.json")).read_text())["tiny"] is True
