@@ -10,8 +10,9 @@ One process, one run, everything measured in the same session on the same card:
     donating step) and the jitted ``UNet.apply``;
   - ``jax_reference`` (opt-in, ``--variants jax,jax_reference,...``): the same
     with ``UNet(reference_ops=True)``: plain VALID convolutions followed by
-    bias + ReLU (the pattern XLA:GPU can fuse into one cuDNN call; the CPU
-    formulation's SAME conv + crop cannot be), ``conv_transpose`` and
+    bias + ReLU (the pattern XLA:GPU's cuDNN rewriter matches to fuse conv +
+    bias + activation into one call; in the CPU formulation a crop sits
+    between the SAME conv and the bias), ``conv_transpose`` and
     ``reduce_window``, autodiff'd. Not measured on a GPU yet;
   - ``torch``: ``benchmarks/torch_unet.py`` in eager mode (channels-last,
     ``cudnn.benchmark``; bf16 = ``torch.autocast``), same loss and optimizer;

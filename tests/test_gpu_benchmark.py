@@ -42,8 +42,8 @@ def test_peak_table_lookup():
 def test_tiny_run_writes_the_tables(tmp_path, monkeypatch):
   monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path / "cache"))
   # One toy case (each case costs two compilations on this CPU); --cases picks it.
-  run = gpu.main(["--tiny", "--cases=204x2xbfloat16", "--variants=jax,jax_reference", "--workers=0",
-                  "--reps=1", "--loader_batches=1", f"--out_dir={tmp_path}"])
+  run = gpu.main(["--tiny", "--cases=204x2xbfloat16", "--variants=jax,jax_reference",
+                  "--workers=0", "--reps=1", "--loader_batches=1", f"--out_dir={tmp_path}"])
   assert [(c["size"], c["batch"], c["dtype"]) for c in run["cases"]] == [(204, 2, "bfloat16")]
   for name in ("jax", "jax_reference"):
     v = run["cases"][0]["variants"][name]
