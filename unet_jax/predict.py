@@ -316,6 +316,9 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
       for i, page in enumerate(pages):
         if bar is not None and len(pages) > 1:
           bar.set_description(f"[{index + 1}/{len(files)}] {path.name} page {i + 1}/{len(pages)}")
+        # on_tiles selects the host tiling loop (tiling.predict_tiled, method="auto"):
+        # users' images come in any size, and it compiles once per tile size where
+        # the one-program device path compiles once per image shape.
         p = tiling.predict_tiled(model, variables, normalize(page), tile_size=tile,
                                  batch_size=batch, tta=tta, on_tiles=on_tiles)
         m, lab = mask_and_labels(p, params)
