@@ -171,6 +171,26 @@ def test_corrupt_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):
   _assert_trees_equal(_params(tmp_path / "ref"), _params(tmp_path / "run"))
 
 
+def test_metrics_are_fetched_every_log_every_steps_not_every_step(tiny_config, tmp_path,
+                                                                  monkeypatch):
+  """No per-step host sync: the loop pulls the steps' metrics to the host in blocks that
+  end at a log, save or evaluation step (issue 13), each step exactly once."""
+  blocks = []
+  device_get = jax.device_get
+
+  def recording_device_get(tree):
+    if isinstance(tree, list) and tree and all(
+        isinstance(x, tuple) and isinstance(x[0], int) for x in tree):
+      blocks.append([s for s, _ in tree])  # the loop's (step, metrics) pending list
+    return device_get(tree)
+
+  monkeypatch.setattr(jax, "device_get", recording_device_get)
+  c = tiny_config
+  c.num_steps, c.log_every, c.checkpoint_every, c.eval_every = 12, 4, 6, 0
+  train_lib.train_and_evaluate(c, str(tmp_path))
+  assert blocks == [[1, 2, 3, 4], [5, 6], [7, 8], [9, 10, 11, 12]]
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_config, tmp_path):
   """Metrics are fetched every log_every steps; the guard names the first bad step and range."""
   c = tiny_config
