@@ -241,6 +241,14 @@ def test_no_checkpoint_with_non_finite_parameters(tiny_config, tmp_path):
   assert np.isfinite(rows[-1]["loss"]) and rows[-1]["step"] == 3
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
   _assert_trees_equal(before, _params(tmp_path))
+  # an evaluation step that is not a save step: the best checkpoint is refused alike
+  c.num_steps, c.checkpoint_every, c.eval_every = 4, 4, 3
+  with pytest.raises(NonFiniteError, match=r"step 3: the parameters after step 3 contain "
+                     r"non-finite values; they were not saved as the best checkpoint.*"
+                     r"last good checkpoint \(step 2\)"):
+    train_lib.train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / "best").exists() or not list((tmp_path / "best").glob("*/*"))
+  _assert_trees_equal(before, _params(tmp_path))
   # the backstop in checkpoint.save itself
   rc = config_lib.resolve(c, 1)
   state = train_lib.create_train_state(rc, model_lib.from_config(rc), jax.random.PRNGKey(0))

@@ -476,7 +476,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
         last_ckpt = step
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
       if eval_now:
-        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best)
+        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
+                         last_ckpt)
       if stop_now:
         raise Interrupted(stop.signum, step)
   finally:
@@ -485,7 +486,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   return state
 
 
-def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best):
+def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
+              last_checkpoint):
   """Validation; keeps the best checkpoint by ``primary``."""
   from unet_jax import distributed
 
@@ -501,6 +503,12 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
   if best is None or value > best.get(primary, -np.inf):
     best = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
     best.update({"step": step, primary: value})
-    checkpoint.save_best(workdir, step, eval_params(state), best)
+    try:
+      checkpoint.save_best(workdir, step, eval_params(state), best)
+    except NonFiniteError:  # the same message as a refused periodic checkpoint
+      raise NonFiniteError(
+          f"step {step}: the parameters after step {step} contain non-finite values; they "
+          f"were not saved as the best checkpoint. Training stopped; "
+          f"{_kept_message(last_checkpoint, str(workdir))}. {_advice(config)}") from None
     log.info("new best %s %.4f at step %d", primary, value, step)
   return best
