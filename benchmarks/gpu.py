@@ -17,6 +17,8 @@ One process, one run, everything measured in the same session on the same card:
   - ``torch``: ``benchmarks/torch_unet.py`` in eager mode (channels-last,
     ``cudnn.benchmark``; bf16 = ``torch.autocast``), same loss and optimizer;
   - ``torch.compile``: the same module through ``torch.compile``;
+* fp32 like for like: PyTorch with TF32 off, JAX at ``jax_default_matmul_precision``
+  ``"highest"`` (``FP32_PRECISION``; XLA:GPU would otherwise use TF32);
 * achieved TFLOP/s from the analytic count of the net's multiply-adds
   (``unet_flops``; train step = 3x forward) and its share of the card's dense
   bf16 peak (``PEAK_BF16_TFLOPS``, or ``--peak_tflops``);
@@ -135,6 +137,9 @@ def _batch(size: int, batch: int, seed: int = 0) -> dict:
 # --------------------------------------------------------------------------
 
 
+FP32_PRECISION = "highest"  # jax_default_matmul_precision of the fp32 cases (no TF32)
+
+
 def bench_jax(size: int, batch: int, dtype: str, features: int, warmup: int,
               reps: int, reference_ops: bool = False) -> dict:
   import jax
@@ -161,8 +166,12 @@ def bench_jax(size: int, batch: int, dtype: str, features: int, warmup: int,
 
   fwd = layers.jit(lambda p, x: model.apply({"params": p}, x, train=False))
   sync = jax.block_until_ready
-  f_first, f = _time(lambda: fwd(holder["state"].params, data["image"]), sync, warmup, reps)
-  s_first, s = _time(train, sync, warmup, reps)
+  # fp32 like for like: XLA:GPU runs f32 convolutions on TF32 tensor cores by default,
+  # PyTorch here has TF32 off (bench_torch), so the fp32 case asks JAX for full f32
+  # (the 2026-11-27 table still compared TF32 with fp32). Tracing happens inside.
+  with jax.default_matmul_precision(FP32_PRECISION if dtype == "float32" else None):
+    f_first, f = _time(lambda: fwd(holder["state"].params, data["image"]), sync, warmup, reps)
+    s_first, s = _time(train, sync, warmup, reps)
   return {"forward_s": f, "step_s": s, "first_forward_s": f_first, "first_step_s": s_first}
 
 
@@ -253,7 +262,9 @@ def report(run: dict) -> str:
       f"{run['date']}, {run['device_kind']} ({run['backend']}), jax {run['jax']}, "
       f"torch {run.get('torch', 'not installed')}, {run['features']} features, depth 4. "
       f"Dense bf16 peak used: {peak if peak else 'unknown'} TFLOP/s. Warm-up "
-      f"{run['warmup']}, {run['reps']} back-to-back calls, one sync at the end.", "",
+      f"{run['warmup']}, {run['reps']} back-to-back calls, one sync at the end. "
+      f"fp32 cases: JAX at `jax_default_matmul_precision={run.get('fp32_precision', 'default')}`"
+      f", PyTorch with TF32 off.", "",
       "| input | batch | dtype | variant | forward ms | train step ms | step / torch eager "
       "| step TFLOP/s | % of bf16 peak | first step s |",
       "|---|---|---|---|---|---|---|---|---|---|"]
@@ -345,7 +356,8 @@ def main(argv=None) -> dict:
   run = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
          "device_kind": kind, "backend": jax.default_backend(), "jax": jax.__version__,
          "features": features, "tiny": tiny, "reps": reps, "warmup": warmup,
-         "peak_bf16_tflops": args.peak_tflops or peak_tflops(kind), "cases": []}
+         "peak_bf16_tflops": args.peak_tflops or peak_tflops(kind),
+         "fp32_precision": FP32_PRECISION, "cases": []}
   if torch_version:
     run["torch"] = torch_version
   for size, batch, dtype in cases:
