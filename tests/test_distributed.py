@@ -150,3 +150,29 @@ def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(one_pr
   _, _, variables = inference.load_for_inference(work, "latest")
   for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(one.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
+  """With validation on, both processes score the validation split, process 0 logs it once,
+  and the collectively written best checkpoint holds the parameters of the best step: a
+  fresh single-process evaluation of it reproduces the logged score."""
+  from unet_jax import datasets, evaluation
+
+  args = ["--config=configs/tiny.py", "--config.batch_size=2", "--config.num_steps=6",
+          "--config.eval_every=3", "--config.log_every=1", "--config.checkpoint_every=6"]
+  work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
+  for p, log in zip(_launch(work, args, logs), logs):
+    assert p.wait(timeout=1800) == 0, log.read_text()[-2000:]
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  val = [r for r in rows if r["split"] == "val"]
+  assert [r["step"] for r in val] == [3, 6]  # logged once, by process 0
+  config, model, variables = inference.load_for_inference(work, "best")
+  primary = datasets.spec(config.dataset).primary_metric
+  best = max(val, key=lambda r: r[primary])
+  stored = checkpoint.best_score(work)
+  assert stored["step"] == best["step"] and stored[primary] == pytest.approx(best[primary])
+  scores = evaluation.evaluate_split(model, variables, datasets.load_split(config, "val"),
+                                     config)
+  assert scores[primary] == pytest.approx(best[primary], abs=1e-5)

@@ -220,7 +220,9 @@ def tile_size_for_memory(budget_bytes: int, *, features: int, depth: int, num_cl
 
 def default_memory_budget() -> int:
   """Half the accelerator's memory, or a quarter of the host RAM (at most 4 GiB) on CPU."""
-  stats = jax.devices()[0].memory_stats() or {}
+  # This process's own device: in a multi-process run jax.devices()[0] may be another
+  # host's (validation runs on every process with its local copy of the parameters).
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"]) // 2
   try:
