@@ -213,6 +213,15 @@ def _advice(config: ml_collections.ConfigDict) -> str:
           "the input data for NaNs.")
 
 
+def _parameters_refused(where: str, step: int, saved_as: str, config: ml_collections.ConfigDict,
+                        last_checkpoint: int | None, workdir: str) -> NonFiniteError:
+  """The training's message when a checkpoint of non-finite parameters was refused."""
+  return NonFiniteError(
+      f"{where}: the parameters after step {step} contain non-finite values; they were "
+      f"not saved{saved_as}. Training stopped; {_kept_message(last_checkpoint, workdir)}. "
+      f"{_advice(config)}")
+
+
 def check_finite(steps: list[tuple[int, dict]], config: ml_collections.ConfigDict,
                  last_checkpoint: int | None, workdir: str) -> None:
   """Raises NonFiniteError at the first non-finite loss/gradient norm of ``steps``.
@@ -249,10 +258,8 @@ def save_checkpoint(manager: Any, step: int, state: TrainState, data_iter: Any, 
   try:
     checkpoint.save(manager, step, state, data_iter)
   except NonFiniteError:
-    raise NonFiniteError(
-        f"steps {first}-{step}: the parameters after step {step} contain "
-        f"non-finite values; they were not saved. Training stopped; "
-        f"{_kept_message(last_checkpoint, workdir)}. {_advice(config)}") from None
+    raise _parameters_refused(f"steps {first}-{step}", step, "", config, last_checkpoint,
+                              workdir) from None
 
 
 # --------------------------------------------------------------------------
@@ -505,10 +512,8 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
     best.update({"step": step, primary: value})
     try:
       checkpoint.save_best(workdir, step, eval_params(state), best)
-    except NonFiniteError:  # the same message as a refused periodic checkpoint
-      raise NonFiniteError(
-          f"step {step}: the parameters after step {step} contain non-finite values; they "
-          f"were not saved as the best checkpoint. Training stopped; "
-          f"{_kept_message(last_checkpoint, str(workdir))}. {_advice(config)}") from None
+    except NonFiniteError:
+      raise _parameters_refused(f"step {step}", step, " as the best checkpoint", config,
+                                last_checkpoint, str(workdir)) from None
     log.info("new best %s %.4f at step %d", primary, value, step)
   return best
