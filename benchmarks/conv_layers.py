@@ -43,11 +43,11 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import cpu_model  # noqa: E402  pylint: disable=g-import-not-at-top
+from train_step import cpu_model, load_average, stop_workers  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = ("jax_eigen", "jax_ynnpack", "torch")
 OPS = ("fwd", "dx", "dw")
@@ -184,11 +184,6 @@ def worker_main(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------
 
 
-def _load() -> str:
-  la = os.getloadavg()
-  return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
-
-
 def _disagreements(checks: dict[str, dict[str, list[float]]]) -> list[str]:
   """Keys where a worker's check value differs from the first worker's by more than AGREE."""
   names = list(checks)
@@ -201,7 +196,7 @@ def _disagreements(checks: dict[str, dict[str, list[float]]]) -> list[str]:
   return bad
 
 
-def run(args: argparse.Namespace, ask: Callable | None = None) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
   """Starts the workers, checks that they agree, times them interleaved."""
   variants = args.variants.split(",")
   layers_ = conv_layers(args.size, args.features, args.depth)
@@ -209,7 +204,7 @@ def run(args: argparse.Namespace, ask: Callable | None = None) -> dict[str, Any]
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth, "reps": args.reps,
       "cpu_count": os.cpu_count(), "machine": cpu_model(),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": _load(),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": load_average(),
       "layers": layers_, "variants": variants, "times": {v: {} for v in variants},
   }
   procs: dict[str, subprocess.Popen] = {}
@@ -238,21 +233,10 @@ def run(args: argparse.Namespace, ask: Callable | None = None) -> dict[str, Any]
           if not ans:
             raise RuntimeError(f"worker {v} died (exit {procs[v].wait()})")
           result["times"][v].setdefault(key, []).append(json.loads(ans)["s"])
-      print(f"round {r + 1}/{args.reps} done, load {_load()}", flush=True)
+      print(f"round {r + 1}/{args.reps} done, load {load_average()}", flush=True)
   finally:
-    for p in procs.values():
-      if p.poll() is None:
-        try:
-          p.stdin.write("quit\n")
-          p.stdin.flush()
-        except (BrokenPipeError, OSError):
-          pass
-    for p in procs.values():
-      try:
-        p.wait(timeout=60)
-      except subprocess.TimeoutExpired:
-        p.kill()
-  result["load_after"] = _load()
+    stop_workers(procs.values())
+  result["load_after"] = load_average()
   result["median_s"] = {v: {k: statistics.median(t) for k, t in ts.items()}
                         for v, ts in result["times"].items()}
   return result

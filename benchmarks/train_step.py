@@ -230,6 +230,22 @@ def _ask(proc: subprocess.Popen, op: str) -> dict[str, Any]:
   return json.loads(line)
 
 
+def stop_workers(procs) -> None:
+  """Asks each worker process to quit, then waits for it (kills it after 60 s)."""
+  for p in procs:
+    if p.poll() is None:
+      try:
+        p.stdin.write("quit\n")
+        p.stdin.flush()
+      except (BrokenPipeError, OSError):
+        pass
+  for p in procs:
+    try:
+      p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+      p.kill()
+
+
 def cpu_model() -> str:
   """The CPU's model name (/proc/cpuinfo; machines of the same name differ between sessions)."""
   try:
@@ -242,7 +258,8 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def _load() -> str:
+def load_average() -> str:
+  """The 1-, 5- and 15-min load averages as ``"a / b / c"``."""
   la = os.getloadavg()
   return f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f}"
 
@@ -258,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "batch": args.batch, "dtype": args.dtype, "padding": args.padding, "reps": reps,
       "cpu_count": os.cpu_count(), "machine": cpu_model(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": _load(),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": load_average(),
       "variants": {},
   }
   times: dict[str, dict[str, list[float]]] = {
@@ -284,21 +301,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             times[v][op + "_faults"].append(ans["page_faults"])
             result["variants"][v]["peak_rss_mb"] = ans["peak_rss_mb"]
             print(f"rep {r} {op:7s} {v:16s} {ans['s']:8.3f} s  cpu {ans['cpu_s']:8.3f} s  "
-                  f"load {_load()}", flush=True)
+                  f"load {load_average()}", flush=True)
   finally:
-    for p in procs.values():
-      if p.poll() is None:
-        try:
-          p.stdin.write("quit\n")
-          p.stdin.flush()
-        except (BrokenPipeError, OSError):
-          pass
-    for p in procs.values():
-      try:
-        p.wait(timeout=60)
-      except subprocess.TimeoutExpired:
-        p.kill()
-  result["load_after"] = _load()
+    stop_workers(procs.values())
+  result["load_after"] = load_average()
   for v in variants:
     for op in ("forward", "step", "forward_cpu", "step_cpu"):
       result["variants"][v][f"{op}_s"] = times[v][op]

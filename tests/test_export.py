@@ -13,8 +13,17 @@ import sys
 import numpy as np
 import pytest
 
+
+def _installed(name: str) -> bool:
+  # find_spec("a.b") imports "a" and raises if "a" itself is missing
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:
+    return False
+
+
 MISSING = [m for m in ("jax2onnx", "onnx", "onnxruntime", "bioimageio.core")
-           if importlib.util.find_spec(m) is None]
+           if not _installed(m)]
 pytestmark = pytest.mark.skipif(
     bool(MISSING), reason=f"export packages missing ({', '.join(MISSING)}): "
     "pip install -r requirements-export.txt")
