@@ -327,6 +327,55 @@ def _row(name: str, v: dict[str, Any], torch: dict[str, Any] | None) -> str:
           f"{v['peak_rss_mb'] / 1024:.2f} | {v['warmup']['first_step_s']:.1f} |")
 
 
+def _pairs(variants: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+  """``(name, PyTorch peer)`` for each JAX variant with per-call times, the peer run
+  under the same allocator setting when there is one."""
+  out = []
+  for v in variants:
+    if v.startswith("torch") or "step_s" not in variants[v]:
+      continue
+    ref = variants.get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
+    ref = ref or variants.get("torch")
+    if ref and "step_s" in ref:
+      out.append((v, ref))
+  return out
+
+
+def _paired(v: dict[str, Any], ref: dict[str, Any], op: str) -> str:
+  """Median and range of ``v``'s per-round times over ``ref``'s (same round index).
+
+  Drift of the machine's speed within a run cancels in each pair, so this scatters
+  less between runs than the ratio of the two medians does.
+  """
+  ratios = [a / b for a, b in zip(v[f"{op}_s"], ref[f"{op}_s"])]
+  return (f"{op} {statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}, "
+          f"{len(ratios)} round{'s' if len(ratios) != 1 else ''})")
+
+
+def pooled(paths: list[str], variant: str = "jax") -> dict[str, dict[str, float]]:
+  """Paired ratios of ``variant`` to its PyTorch peer, pooled over the rounds of several runs.
+
+  Returns:
+    op -> {"rounds", "median", "q1", "q3", "at_or_under_1"} (quartiles by rank; the last
+    is the share of rounds with a ratio <= 1.0).
+  """
+  ratios: dict[str, list[float]] = {"step": [], "forward": []}
+  for path in paths:
+    with open(path) as f:
+      variants = json.load(f)["variants"]
+    for v, ref in _pairs(variants):
+      if v == variant:
+        for op, r in ratios.items():
+          r += [a / b for a, b in zip(variants[v][f"{op}_s"], ref[f"{op}_s"])]
+  out = {}
+  for op, r in ratios.items():
+    if r:
+      r.sort()
+      out[op] = {"rounds": len(r), "median": statistics.median(r), "q1": r[len(r) // 4],
+                 "q3": r[(3 * len(r)) // 4], "at_or_under_1": sum(x <= 1.0 for x in r) / len(r)}
+  return out
+
+
 def write_markdown(out: str) -> None:
   """Rewrites ``out`` from every ``train_step_*.json`` beside it."""
   runs = []
@@ -382,6 +431,11 @@ def write_markdown(out: str) -> None:
         # ratios against PyTorch under the same allocator setting when it was run
         ref = r["variants"].get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
         lines.append(_row(label, r["variants"][v], ref or torch))
+    paired = [f"`{v}` " + ", ".join(_paired(r["variants"][v], ref, op) for op in ("step", "forward"))
+              for v, ref in _pairs(r["variants"])]
+    if paired:
+      lines += ["", "Paired by round (each call over the PyTorch call of the same round), "
+                "median (min–max): " + "; ".join(paired) + "."]
     lines.append("")
   with open(out, "w") as f:
     f.write("\n".join(lines))
@@ -404,10 +458,20 @@ def main(argv: list[str] | None = None) -> None:
                  f"'{THP_SUFFIX}' runs that variant with GLIBC_TUNABLES={THP_TUNABLE}")
   p.add_argument("--out", default=os.path.join(REPO, "results", "train_step_benchmark.md"))
   p.add_argument("--tag", default="", help="suffix of the JSON file name")
+  p.add_argument("--pool", nargs="+", metavar="JSON",
+                 help="print the paired ratios of --pool-variant pooled over these runs' "
+                 "rounds (no timing)")
+  p.add_argument("--pool-variant", default="jax")
   p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
     worker_main(args)
+    return
+  if args.pool:
+    for op, q in pooled(args.pool, args.pool_variant).items():
+      print(f"{args.pool_variant} {op}: {q['rounds']} rounds in {len(args.pool)} runs, paired "
+            f"ratio to PyTorch median {q['median']:.3f} (quartiles {q['q1']:.2f}–{q['q3']:.2f}), "
+            f"<= 1.0 in {100 * q['at_or_under_1']:.0f} % of rounds")
     return
   for v in args.variants.split(","):
     if v.removesuffix(THP_SUFFIX) not in VARIANTS:

@@ -62,3 +62,31 @@ def test_thp_variant_names_are_accepted_and_unknown_ones_refused(capsys):
   with pytest.raises(SystemExit) as e:
     train_step.main(["--variants", "jax,nope+thp"])
   assert e.value.code == 2 and "nope+thp" in capsys.readouterr().err
+
+
+def test_paired_ratios_are_per_round(tmp_path):
+  """Each JAX call over the PyTorch call of the same round: [2/1, 4/4, 6/3] -> median 2."""
+  jax, torch = _variant(1.0, 4.0, None), _variant(1.0, 4.0, None)
+  jax.update(step_s=[2.0, 4.0, 6.0], forward_s=[1.0, 1.0, 3.0])
+  torch.update(step_s=[1.0, 4.0, 3.0], forward_s=[2.0, 1.0, 1.0])
+  (tmp_path / "train_step_572_f64_float32_t.json").write_text(
+      json.dumps(_run({"jax": jax, "torch": torch})))
+  train_step.write_markdown(str(tmp_path / "table.md"))
+  line = [x for x in (tmp_path / "table.md").read_text().splitlines()
+          if x.startswith("Paired by round")]
+  assert line and line[0].endswith(": `jax` step 2.00× (1.00–2.00, 3 rounds), "
+                                   "forward 1.00× (0.50–3.00, 3 rounds).")
+
+
+def test_pooled_ratios_span_runs(tmp_path):
+  """Rounds of two runs pooled: ratios [2, 1, 2] and [0.5] -> median 1.5, 2 of 4 <= 1.0."""
+  paths = []
+  for i, (js, ts) in enumerate([([2.0, 4.0, 6.0], [1.0, 4.0, 3.0]), ([1.0], [2.0])]):
+    jax, torch = _variant(1.0, 1.0, None), _variant(1.0, 1.0, None)
+    jax.update(step_s=js, forward_s=js)
+    torch.update(step_s=ts, forward_s=ts)
+    paths.append(tmp_path / f"run{i}.json")
+    paths[-1].write_text(json.dumps(_run({"jax": jax, "torch": torch})))
+  q = train_step.pooled([str(p) for p in paths])
+  assert q["step"]["rounds"] == 4 and q["step"]["median"] == 1.5
+  assert q["step"]["at_or_under_1"] == 0.5 and q["step"]["q1"] == 1.0 and q["step"]["q3"] == 2.0
