@@ -356,22 +356,25 @@ def pooled(paths: list[str], variant: str = "jax") -> dict[str, dict[str, float]
   """Paired ratios of ``variant`` to its PyTorch peer, pooled over the rounds of several runs.
 
   Returns:
-    op -> {"rounds", "median", "q1", "q3", "at_or_under_1"} (quartiles by rank; the last
-    is the share of rounds with a ratio <= 1.0).
+    op -> {"runs", "rounds", "median", "q1", "q3", "at_or_under_1"}: the runs that had
+    the variant, their rounds, quartiles by rank, and the share of rounds with a ratio <= 1.0.
   """
   ratios: dict[str, list[float]] = {"step": [], "forward": []}
+  runs = 0
   for path in paths:
     with open(path) as f:
       variants = json.load(f)["variants"]
     for v, ref in _pairs(variants):
       if v == variant:
+        runs += 1
         for op, r in ratios.items():
           r += [a / b for a, b in zip(variants[v][f"{op}_s"], ref[f"{op}_s"])]
   out = {}
   for op, r in ratios.items():
     if r:
       r.sort()
-      out[op] = {"rounds": len(r), "median": statistics.median(r), "q1": r[len(r) // 4],
+      out[op] = {"runs": runs, "rounds": len(r), "median": statistics.median(r),
+                 "q1": r[len(r) // 4],
                  "q3": r[(3 * len(r)) // 4], "at_or_under_1": sum(x <= 1.0 for x in r) / len(r)}
   return out
 
@@ -469,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     return
   if args.pool:
     for op, q in pooled(args.pool, args.pool_variant).items():
-      print(f"{args.pool_variant} {op}: {q['rounds']} rounds in {len(args.pool)} runs, paired "
+      print(f"{args.pool_variant} {op}: {q['rounds']} rounds in {q['runs']} runs, paired "
             f"ratio to PyTorch median {q['median']:.3f} (quartiles {q['q1']:.2f}–{q['q3']:.2f}), "
             f"<= 1.0 in {100 * q['at_or_under_1']:.0f} % of rounds")
     return

@@ -88,5 +88,5 @@ def test_pooled_ratios_span_runs(tmp_path):
     paths.append(tmp_path / f"run{i}.json")
     paths[-1].write_text(json.dumps(_run({"jax": jax, "torch": torch})))
   q = train_step.pooled([str(p) for p in paths])
-  assert q["step"]["rounds"] == 4 and q["step"]["median"] == 1.5
+  assert q["step"]["runs"] == 2 and q["step"]["rounds"] == 4 and q["step"]["median"] == 1.5
   assert q["step"]["at_or_under_1"] == 0.5 and q["step"]["q1"] == 1.0 and q["step"]["q3"] == 2.0
