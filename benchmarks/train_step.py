@@ -12,6 +12,9 @@ Variants:
   jax_xla_defaults  the same model jitted with XLA's default options.
   jax_reference     ``UNet(reference_ops=True)``: textbook ops, same parameters,
                     XLA's default options (the starting point).
+  jax_dw_copy       ``jax`` with the weight gradient as before 2026-12-03: the
+                    output gradient's axes named by dimension numbers, which made
+                    XLA copy every output gradient into the kernel layout.
   jax_same_autodiff with ``--padding same`` only: ``UNet(padding="same")`` with
                     JAX's autodiff of the SAME conv (``layers.conv_same_reference``)
                     instead of its custom VJP, the compiler options as ``jax``.
@@ -54,7 +57,8 @@ import time
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference", "jax_same_autodiff")
+VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference", "jax_same_autodiff",
+            "jax_dw_copy")
 
 
 # --------------------------------------------------------------------------
@@ -93,6 +97,12 @@ class JaxWorker:
     from unet_jax.losses import weighted_cross_entropy
     from unet_jax.model import UNet
 
+    if args.worker == "jax_dw_copy":
+      # this worker process only: the weight gradient as before 2026-12-03
+      dn = jax.lax.ConvDimensionNumbers(lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2),
+                                        out_spec=(2, 3, 0, 1))
+      layers._weight_grad = lambda x, g: jax.lax.conv_general_dilated(
+          x, g, (1, 1), "VALID", dimension_numbers=dn)
     if args.worker == "jax_same_autodiff":
       # this worker process only: the SAME conv as before its custom VJP
       layers.conv3x3_same = layers.conv_same_reference
@@ -177,7 +187,7 @@ def worker_main(args: argparse.Namespace) -> None:
     w = TorchWorker(args)
   else:
     w = JaxWorker(args, reference=args.worker == "jax_reference",
-                  compiler_options=args.worker in ("jax", "jax_same_autodiff"))
+                  compiler_options=args.worker in ("jax", "jax_same_autodiff", "jax_dw_copy"))
   info = {"setup_s": time.perf_counter() - t0}
   for op in ("forward", "step"):  # warm-up: compilation, allocator, first-touch
     t0 = time.perf_counter()
@@ -273,6 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth,
       "batch": args.batch, "dtype": args.dtype, "padding": args.padding, "reps": reps,
+      "settle": args.settle, "block": args.block,
       "cpu_count": os.cpu_count(), "machine": cpu_model(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": load_average(),
@@ -295,13 +306,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       for op in ("forward", "step"):
         for v in variants:
           if r < reps[v]:
-            ans = _ask(procs[v], op)
-            times[v][op].append(ans["s"])
-            times[v][op + "_cpu"].append(ans["cpu_s"])
-            times[v][op + "_faults"].append(ans["page_faults"])
-            result["variants"][v]["peak_rss_mb"] = ans["peak_rss_mb"]
-            print(f"rep {r} {op:7s} {v:16s} {ans['s']:8.3f} s  cpu {ans['cpu_s']:8.3f} s  "
-                  f"load {load_average()}", flush=True)
+            for _ in range(args.settle):  # untimed: see --settle
+              _ask(procs[v], op)
+            for _ in range(args.block):
+              ans = _ask(procs[v], op)
+              times[v][op].append(ans["s"])
+              times[v][op + "_cpu"].append(ans["cpu_s"])
+              times[v][op + "_faults"].append(ans["page_faults"])
+              result["variants"][v]["peak_rss_mb"] = ans["peak_rss_mb"]
+              print(f"rep {r} {op:7s} {v:16s} {ans['s']:8.3f} s  cpu {ans['cpu_s']:8.3f} s  "
+                    f"load {load_average()}", flush=True)
   finally:
     stop_workers(procs.values())
   result["load_after"] = load_average()
@@ -342,14 +356,15 @@ def _pairs(variants: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _paired(v: dict[str, Any], ref: dict[str, Any], op: str) -> str:
-  """Median and range of ``v``'s per-round times over ``ref``'s (same round index).
+  """Median and range of ``v``'s times over ``ref``'s, paired by index (same round and
+  place in its block).
 
   Drift of the machine's speed within a run cancels in each pair, so this scatters
   less between runs than the ratio of the two medians does.
   """
   ratios = [a / b for a, b in zip(v[f"{op}_s"], ref[f"{op}_s"])]
   return (f"{op} {statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}, "
-          f"{len(ratios)} round{'s' if len(ratios) != 1 else ''})")
+          f"{len(ratios)} pair{'s' if len(ratios) != 1 else ''})")
 
 
 def pooled(paths: list[str], variant: str = "jax") -> dict[str, dict[str, float]]:
@@ -409,7 +424,9 @@ def write_markdown(out: str) -> None:
         + ("SAME padding, " if r.get("padding") == "same" else "") +
         f"{r['dtype']} ({name})",
         "",
-        f"{r['date']}, {r['cpu_count']} CPUs ({r['machine']}), reps {r['reps']}, load "
+        f"{r['date']}, {r['cpu_count']} CPUs ({r['machine']}), reps {r['reps']}, "
+        f"{r.get('settle', 0)} untimed call(s) of the same op, then {r.get('block', 1)} "
+        f"timed one(s), per variant and round, load "
         f"average before {r['load_before']}, after {r['load_after']}"
         + (f", XLA_FLAGS=`{r['xla_flags']}`" if r["xla_flags"] else "")
         + (f", GLIBC_TUNABLES=`{r['glibc_tunables']}`" if r.get("glibc_tunables") else "")
@@ -425,6 +442,8 @@ def write_markdown(out: str) -> None:
         label = {"jax": "unet_jax `UNet()`, `layers.xla_compiler_options()`",
                  "jax_xla_defaults": "unet_jax `UNet()`, XLA default options",
                  "jax_reference": "unet_jax `UNet(reference_ops=True)`, XLA defaults",
+                 "jax_dw_copy": "unet_jax `UNet()`, compiler options, weight gradient "
+                                "as before 2026-12-03 (copies of the output gradients)",
                  "jax_same_autodiff": "unet_jax `UNet()`, SAME conv by autodiff "
                                       "(before its custom VJP), compiler options",
                  "torch": "PyTorch eager" + (" (autocast bf16)" if r["dtype"] == "bfloat16"
@@ -437,8 +456,8 @@ def write_markdown(out: str) -> None:
     paired = [f"`{v}` " + ", ".join(_paired(r["variants"][v], ref, op) for op in ("step", "forward"))
               for v, ref in _pairs(r["variants"])]
     if paired:
-      lines += ["", "Paired by round (each call over the PyTorch call of the same round), "
-                "median (min–max): " + "; ".join(paired) + "."]
+      lines += ["", "Paired (each timed call over the PyTorch call at the same place in "
+                "its round), median (min–max): " + "; ".join(paired) + "."]
     lines.append("")
   with open(out, "w") as f:
     f.write("\n".join(lines))
@@ -451,6 +470,15 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--depth", type=int, default=4)
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--reps", type=int, default=5, help="timed calls per op and variant")
+  p.add_argument("--settle", type=int, default=1,
+                 help="untimed calls of the same op by the same worker right before each "
+                 "timed one (0: plain call-by-call interleaving, as in runs before "
+                 "2026-12-03 16:30). A JAX train step right after PyTorch's took "
+                 "10-30 %% longer than after its own (docs/performance.md)")
+  p.add_argument("--block", type=int, default=1,
+                 help="timed calls of the same op by the same worker in a row, per round "
+                 "(after the --settle ones): >1 measures each framework in the steady "
+                 "state of a training loop, which runs one framework alone")
   p.add_argument("--reference-reps", type=int, default=2,
                  help="timed calls for jax_reference (slow at paper size)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -472,9 +500,9 @@ def main(argv: list[str] | None = None) -> None:
     return
   if args.pool:
     for op, q in pooled(args.pool, args.pool_variant).items():
-      print(f"{args.pool_variant} {op}: {q['rounds']} rounds in {q['runs']} runs, paired "
+      print(f"{args.pool_variant} {op}: {q['rounds']} pairs in {q['runs']} runs, paired "
             f"ratio to PyTorch median {q['median']:.3f} (quartiles {q['q1']:.2f}–{q['q3']:.2f}), "
-            f"<= 1.0 in {100 * q['at_or_under_1']:.0f} % of rounds")
+            f"<= 1.0 in {100 * q['at_or_under_1']:.0f} % of pairs")
     return
   for v in args.variants.split(","):
     if v.removesuffix(THP_SUFFIX) not in VARIANTS:

@@ -73,9 +73,9 @@ def test_paired_ratios_are_per_round(tmp_path):
       json.dumps(_run({"jax": jax, "torch": torch})))
   train_step.write_markdown(str(tmp_path / "table.md"))
   line = [x for x in (tmp_path / "table.md").read_text().splitlines()
-          if x.startswith("Paired by round")]
-  assert line and line[0].endswith(": `jax` step 2.00× (1.00–2.00, 3 rounds), "
-                                   "forward 1.00× (0.50–3.00, 3 rounds).")
+          if x.startswith("Paired (")]
+  assert line and line[0].endswith(": `jax` step 2.00× (1.00–2.00, 3 pairs), "
+                                   "forward 1.00× (0.50–3.00, 3 pairs).")
 
 
 def test_pooled_ratios_span_runs(tmp_path):

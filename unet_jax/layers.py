@@ -154,7 +154,11 @@ def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
 # batch and feature axes swapped ([C, H, W, N]) convolved with g used as an
 # [H', W', N, O] kernel. Same formulation as XLA's own transpose rule, written out
 # so that the backward pass does not depend on how the forward is formulated.
-_DW_DN = lax.ConvDimensionNumbers(lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2),
+# The kernel is handed over as g transposed to [H', W', N, O] (HWIO), not as g with
+# dimension numbers that name its axes: for N = 1 the transpose is a free bitcast,
+# while the dimension numbers made XLA copy every output gradient into that layout
+# (18 copies, about 420 MB per paper-size train step; docs/performance.md).
+_DW_DN = lax.ConvDimensionNumbers(lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 2, 0, 1),
                                   out_spec=(2, 3, 0, 1))
 
 
@@ -167,7 +171,8 @@ def _weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
   Returns:
     ``[H - H' + 1, W - W' + 1, C, O]``.
   """
-  return lax.conv_general_dilated(x, g, (1, 1), "VALID", dimension_numbers=_DW_DN)
+  g_hwio = jnp.transpose(g, (1, 2, 0, 3))  # [H', W', N, O]
+  return lax.conv_general_dilated(x, g_hwio, (1, 1), "VALID", dimension_numbers=_DW_DN)
 
 
 @jax.custom_vjp
