@@ -6,6 +6,13 @@ own), and the parent interleaves them: one timed call of each variant per round
 shared machine falls on all of them alike. Report medians and the ratios to
 PyTorch within the same run only.
 
+Each timed call comes after ``--settle`` (default 1) untimed calls of the same op
+by the same worker, and ``--block`` timed calls may follow in a row. A call is
+not independent of the one before it: a JAX train step right after a PyTorch one
+took 10-35 % longer than after a JAX step (docs/performance.md, "The order of
+the calls"). With the settle call, each framework is timed after its own calls,
+as in a training loop.
+
 Variants:
   jax               ``UNet()``, the fast formulations of ``unet_jax.layers``,
                     jitted with ``layers.xla_compiler_options()``.
