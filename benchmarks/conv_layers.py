@@ -20,7 +20,9 @@ forward pass much faster than PyTorch's.
 
 Each framework runs in its own worker process; the parent interleaves them call
 by call (round r: layer 1 forward on each worker, layer 1 dX on each, ...), so
-that load from elsewhere falls on all alike, and reports medians. Before timing,
+that load from elsewhere falls on all alike, and reports medians. Each timed call
+comes after ``--settle`` (default 1) untimed calls of the same op and layer by the
+same worker, so that no timed call directly follows another framework's. Before timing,
 every worker computes each op on the same inputs (drawn from one NumPy seed) and
 the parent checks that all workers agree (a projection of every output onto a
 fixed random direction, to 1e-4 of its scale).
@@ -203,6 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   result: dict[str, Any] = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "size": args.size, "features": args.features, "depth": args.depth, "reps": args.reps,
+      "settle": args.settle,
       "cpu_count": os.cpu_count(), "machine": cpu_model(),
       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_before": load_average(),
       "layers": layers_, "variants": variants, "times": {v: {} for v in variants},
@@ -227,11 +230,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(args.reps):
       for key in keys:
         for v in variants:
-          procs[v].stdin.write(key + "\n")
-          procs[v].stdin.flush()
-          ans = procs[v].stdout.readline()
-          if not ans:
-            raise RuntimeError(f"worker {v} died (exit {procs[v].wait()})")
+          for _ in range(args.settle + 1):  # the last call is the timed one
+            procs[v].stdin.write(key + "\n")
+            procs[v].stdin.flush()
+            ans = procs[v].stdout.readline()
+            if not ans:
+              raise RuntimeError(f"worker {v} died (exit {procs[v].wait()})")
           result["times"][v].setdefault(key, []).append(json.loads(ans)["s"])
       print(f"round {r + 1}/{args.reps} done, load {load_average()}", flush=True)
   finally:
@@ -252,7 +256,8 @@ def markdown(r: dict[str, Any]) -> str:
       f"# 3x3 convolutions of the U-Net, layer by layer ({r['size']}², "
       f"{r['features']} features, depth {r['depth']}, batch 1, fp32)", "",
       "Written by `benchmarks/conv_layers.py` (see its docstring). Median wall time in ms",
-      f"of {r['reps']} calls per cell, the workers interleaved call by call; all workers",
+      f"of {r['reps']} calls per cell, the workers interleaved call by call, each timed call "
+      f"after {r.get('settle', 0)} untimed one(s) of the same op and layer; all workers",
       f"computed the same outputs (checked before timing). {r['date']}, {r['cpu_count']} CPUs",
       f"({r['machine']}), load average before {r['load_before']}, after {r['load_after']}"
       + (f", GLIBC_TUNABLES=`{r['glibc_tunables']}`" if r["glibc_tunables"] else "") + ".",
@@ -288,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--depth", type=int, default=4)
   p.add_argument("--reps", type=int, default=7, help="timed calls per op, layer and variant")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--settle", type=int, default=1,
+                 help="untimed calls of the same op and layer by the same worker right "
+                 "before each timed one (0 in the runs before 2026-12-03 16:50; see "
+                 "benchmarks/train_step.py --settle)")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help=f"comma-separated subset of {VARIANTS}")
   p.add_argument("--out-dir", default=os.path.join(REPO, "results"))
