@@ -49,7 +49,7 @@ from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import cpu_model, load_average, stop_workers  # noqa: E402  pylint: disable=g-import-not-at-top
+from train_step import ask_worker, cpu_model, load_average, stop_workers  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = ("jax_eigen", "jax_ynnpack", "torch")
 OPS = ("fwd", "dx", "dw")
@@ -231,12 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       for key in keys:
         for v in variants:
           for _ in range(args.settle + 1):  # the last call is the timed one
-            procs[v].stdin.write(key + "\n")
-            procs[v].stdin.flush()
-            ans = procs[v].stdout.readline()
-            if not ans:
-              raise RuntimeError(f"worker {v} died (exit {procs[v].wait()})")
-          result["times"][v].setdefault(key, []).append(json.loads(ans)["s"])
+            ans = ask_worker(procs[v], key)
+          result["times"][v].setdefault(key, []).append(ans["s"])
       print(f"round {r + 1}/{args.reps} done, load {load_average()}", flush=True)
   finally:
     stop_workers(procs.values())

@@ -238,7 +238,8 @@ def _spawn(name: str, args: argparse.Namespace) -> subprocess.Popen:
                           cwd=REPO, env=env)
 
 
-def _ask(proc: subprocess.Popen, op: str) -> dict[str, Any]:
+def ask_worker(proc: subprocess.Popen, op: str) -> dict[str, Any]:
+  """Sends one request line to a worker process; returns its JSON answer line."""
   proc.stdin.write(op + "\n")
   proc.stdin.flush()
   line = proc.stdout.readline()
@@ -314,9 +315,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants:
           if r < reps[v]:
             for _ in range(args.settle):  # untimed: see --settle
-              _ask(procs[v], op)
+              ask_worker(procs[v], op)
             for _ in range(args.block):
-              ans = _ask(procs[v], op)
+              ans = ask_worker(procs[v], op)
               times[v][op].append(ans["s"])
               times[v][op + "_cpu"].append(ans["cpu_s"])
               times[v][op + "_faults"].append(ans["page_faults"])
@@ -348,18 +349,28 @@ def _row(name: str, v: dict[str, Any], torch: dict[str, Any] | None) -> str:
           f"{v['peak_rss_mb'] / 1024:.2f} | {v['warmup']['first_step_s']:.1f} |")
 
 
+def _peer(variants: dict[str, Any], v: str) -> dict[str, Any] | None:
+  """The PyTorch run ``v`` is compared with: the one under the same allocator setting
+  (``torch+thp`` for a ``+thp`` variant) when it was run, else plain ``torch``."""
+  ref = variants.get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
+  return ref or variants.get("torch")
+
+
 def _pairs(variants: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-  """``(name, PyTorch peer)`` for each JAX variant with per-call times, the peer run
-  under the same allocator setting when there is one."""
+  """``(name, PyTorch peer)`` for each JAX variant with per-call times."""
   out = []
   for v in variants:
     if v.startswith("torch") or "step_s" not in variants[v]:
       continue
-    ref = variants.get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
-    ref = ref or variants.get("torch")
+    ref = _peer(variants, v)
     if ref and "step_s" in ref:
       out.append((v, ref))
   return out
+
+
+def _ratios(v: dict[str, Any], ref: dict[str, Any], op: str) -> list[float]:
+  """``v``'s per-call times of ``op`` over ``ref``'s, paired by index."""
+  return [a / b for a, b in zip(v[f"{op}_s"], ref[f"{op}_s"])]
 
 
 def _paired(v: dict[str, Any], ref: dict[str, Any], op: str) -> str:
@@ -369,7 +380,7 @@ def _paired(v: dict[str, Any], ref: dict[str, Any], op: str) -> str:
   Drift of the machine's speed within a run cancels in each pair, so this scatters
   less between runs than the ratio of the two medians does.
   """
-  ratios = [a / b for a, b in zip(v[f"{op}_s"], ref[f"{op}_s"])]
+  ratios = _ratios(v, ref, op)
   return (f"{op} {statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}, "
           f"{len(ratios)} pair{'s' if len(ratios) != 1 else ''})")
 
@@ -390,7 +401,7 @@ def pooled(paths: list[str], variant: str = "jax") -> dict[str, dict[str, float]
       if v == variant:
         runs += 1
         for op, r in ratios.items():
-          r += [a / b for a, b in zip(variants[v][f"{op}_s"], ref[f"{op}_s"])]
+          r += _ratios(variants[v], ref, op)
   out = {}
   for op, r in ratios.items():
     if r:
@@ -425,7 +436,6 @@ def write_markdown(out: str) -> None:
       "",
   ]
   for name, r in runs:
-    torch = r["variants"].get("torch")
     lines += [
         f"## {r['size']}², {r['features']} features, depth {r['depth']}, batch {r['batch']}, "
         + ("SAME padding, " if r.get("padding") == "same" else "") +
@@ -457,9 +467,7 @@ def write_markdown(out: str) -> None:
                                             else "")}[v.removesuffix(THP_SUFFIX)]
         if v.endswith(THP_SUFFIX):
           label += f", `GLIBC_TUNABLES={THP_TUNABLE}`"
-        # ratios against PyTorch under the same allocator setting when it was run
-        ref = r["variants"].get("torch" + THP_SUFFIX) if v.endswith(THP_SUFFIX) else None
-        lines.append(_row(label, r["variants"][v], ref or torch))
+        lines.append(_row(label, r["variants"][v], _peer(r["variants"], v)))
     paired = [f"`{v}` " + ", ".join(_paired(r["variants"][v], ref, op) for op in ("step", "forward"))
               for v, ref in _pairs(r["variants"])]
     if paired:
