@@ -9,6 +9,9 @@ gradient (dW), on
                Eigen path (what the train step uses);
   jax_ynnpack  the same ops under XLA's default options: convolutions on
                YNNPACK (what the forward-only inference programs use);
+  jax_eigen_valid  forward only: the plain VALID convolution (+ bias + ReLU) on
+               Eigen, instead of ``layers.conv3x3_valid``'s SAME convolution +
+               crop (docs/performance.md, "Tried without gain");
   torch        eager PyTorch, NCHW: ``conv2d`` + ``relu_`` under ``no_grad``,
                ``torch.nn.grad.conv2d_input`` / ``conv2d_weight`` (the oneDNN
                kernels its autograd calls).
@@ -51,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import ask_worker, cpu_model, load_average, stop_workers  # noqa: E402  pylint: disable=g-import-not-at-top
 
-VARIANTS = ("jax_eigen", "jax_ynnpack", "torch")
+VARIANTS = ("jax_eigen", "jax_ynnpack", "torch", "jax_eigen_valid")
 OPS = ("fwd", "dx", "dw")
 AGREE = 1e-4  # relative tolerance between the workers' outputs (float32 sums)
 
@@ -113,7 +116,7 @@ def _jax_ops(variant: str, layers_: list, seed: int) -> tuple[dict, dict]:
   import jax.numpy as jnp
   from unet_jax import layers
 
-  opts = (layers.xla_compiler_options() or None) if variant == "jax_eigen" else None
+  opts = (layers.xla_compiler_options() or None) if variant.startswith("jax_eigen") else None
   fns = {
       "fwd": jax.jit(lambda x, k, b, g: jax.nn.relu(layers.conv3x3_valid(x, k, b)),
                      compiler_options=opts),
@@ -122,6 +125,9 @@ def _jax_ops(variant: str, layers_: list, seed: int) -> tuple[dict, dict]:
                     compiler_options=opts),
       "dw": jax.jit(lambda x, k, b, g: layers._weight_grad(x, g), compiler_options=opts),
   }
+  if variant == "jax_eigen_valid":
+    fns = {"fwd": jax.jit(lambda x, k, b, g: jax.nn.relu(layers.conv_valid_reference(x, k, b)),
+                          compiler_options=opts)}
   calls, checks = {}, {}
   for i, layer in enumerate(layers_):
     x, k, b, g, probes = _inputs(layer, seed + i)
@@ -192,6 +198,8 @@ def _disagreements(checks: dict[str, dict[str, list[float]]]) -> list[str]:
   bad = []
   for key, (ref, scale) in checks[names[0]].items():
     for n in names[1:]:
+      if key not in checks[n]:
+        continue
       val = checks[n][key][0]
       if abs(val - ref) > AGREE * max(scale, 1e-30):
         bad.append(f"{key}: {names[0]} {ref:.6g} vs {n} {val:.6g} (scale {scale:.3g})")
@@ -230,6 +238,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(args.reps):
       for key in keys:
         for v in variants:
+          if key not in checks[v]:
+            continue  # an op this worker does not time
           for _ in range(args.settle + 1):  # the last call is the timed one
             ans = ask_worker(procs[v], key)
           result["times"][v].setdefault(key, []).append(ans["s"])
@@ -245,9 +255,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
   """The per-layer table (ms, medians) with totals per op."""
   variants, med = r["variants"], r["median_s"]
-  short = {"jax_eigen": "Eigen", "jax_ynnpack": "YNNPACK", "torch": "PyTorch"}
+  short = {"jax_eigen": "Eigen", "jax_ynnpack": "YNNPACK", "torch": "PyTorch",
+           "jax_eigen_valid": "Eigen VALID"}
   jax_v = [v for v in variants if v.startswith("jax")]
-  best = len(jax_v) == 2
+  best = len(jax_v) >= 2
   lines = [
       f"# 3x3 convolutions of the U-Net, layer by layer ({r['size']}², "
       f"{r['features']} features, depth {r['depth']}, batch 1, fp32)", "",
@@ -259,9 +270,12 @@ def markdown(r: dict[str, Any]) -> str:
       + (f", GLIBC_TUNABLES=`{r['glibc_tunables']}`" if r["glibc_tunables"] else "") + ".",
       "'Eigen': `layers.xla_compiler_options()` (the train step's setting); 'YNNPACK':",
       "XLA's defaults (the inference programs' setting)"
-      + ("; 'best': the faster of the two for that cell." if best else "."), "",
+      + ("; 'Eigen VALID': the forward as a plain VALID convolution on Eigen"
+         if "jax_eigen_valid" in variants else "")
+      + ("; 'best': the fastest JAX variant for that cell." if best else "."), "",
   ]
-  cols = [(op, v) for op in OPS for v in variants] + (
+  cols = [(op, v) for op in OPS for v in variants
+          if any(k.endswith("/" + op) for k in med[v])] + (
       [(op, "best") for op in OPS] if best else [])
   head = [f"{op} {short.get(v, v)}" for op, v in cols]
   lines += ["| layer (input², C→O) | " + " | ".join(head) + " |",
@@ -271,10 +285,10 @@ def markdown(r: dict[str, Any]) -> str:
     cells = []
     for op, v in cols:
       key = f"{i}/{op}"
-      if key not in med[variants[0]]:
+      if key not in med[variants[0]] or (v != "best" and key not in med[v]):
         cells.append("–")
         continue
-      t = min(med[j][key] for j in jax_v) if v == "best" else med[v][key]
+      t = min(med[j][key] for j in jax_v if key in med[j]) if v == "best" else med[v][key]
       totals[(op, v)] += t
       cells.append(f"{t * 1e3:.3g}")
     lines.append(f"| {side}², {c}→{o} | " + " | ".join(cells) + " |")

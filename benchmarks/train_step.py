@@ -22,6 +22,10 @@ Variants:
   jax_dw_copy       ``jax`` with the weight gradient as before 2026-12-03: the
                     output gradient's axes named by dimension numbers, which made
                     XLA copy every output gradient into the kernel layout.
+  jax_valid_fwd     ``jax`` with the forward of each 3x3 conv as the plain VALID
+                    convolution instead of a SAME convolution + crop (same custom
+                    VJP); 10-40 % faster per layer on Eigen in isolation
+                    (``benchmarks/conv_layers.py``); docs/performance.md.
   jax_same_autodiff with ``--padding same`` only: ``UNet(padding="same")`` with
                     JAX's autodiff of the SAME conv (``layers.conv_same_reference``)
                     instead of its custom VJP, the compiler options as ``jax``.
@@ -65,7 +69,7 @@ from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("jax", "torch", "jax_xla_defaults", "jax_reference", "jax_same_autodiff",
-            "jax_dw_copy")
+            "jax_dw_copy", "jax_valid_fwd")
 
 
 # --------------------------------------------------------------------------
@@ -110,6 +114,11 @@ class JaxWorker:
                                         out_spec=(2, 3, 0, 1))
       layers._weight_grad = lambda x, g: jax.lax.conv_general_dilated(
           x, g, (1, 1), "VALID", dimension_numbers=dn)
+    if args.worker == "jax_valid_fwd":
+      # this worker process only: the forward as the plain VALID convolution
+      conv = jax.custom_vjp(layers._conv_valid)
+      conv.defvjp(lambda x, k: (layers._conv_valid(x, k), (x, k)), layers._conv3x3_valid_bwd)
+      layers._conv3x3_valid = conv
     if args.worker == "jax_same_autodiff":
       # this worker process only: the SAME conv as before its custom VJP
       layers.conv3x3_same = layers.conv_same_reference
@@ -194,7 +203,8 @@ def worker_main(args: argparse.Namespace) -> None:
     w = TorchWorker(args)
   else:
     w = JaxWorker(args, reference=args.worker == "jax_reference",
-                  compiler_options=args.worker in ("jax", "jax_same_autodiff", "jax_dw_copy"))
+                  compiler_options=args.worker in ("jax", "jax_same_autodiff", "jax_dw_copy",
+                                                    "jax_valid_fwd"))
   info = {"setup_s": time.perf_counter() - t0}
   for op in ("forward", "step"):  # warm-up: compilation, allocator, first-touch
     t0 = time.perf_counter()
@@ -463,6 +473,8 @@ def write_markdown(out: str) -> None:
                                 "as before 2026-12-03 (copies of the output gradients)",
                  "jax_same_autodiff": "unet_jax `UNet()`, SAME conv by autodiff "
                                       "(before its custom VJP), compiler options",
+                 "jax_valid_fwd": "unet_jax `UNet()`, compiler options, forward as the "
+                                  "plain VALID conv (not SAME + crop)",
                  "torch": "PyTorch eager" + (" (autocast bf16)" if r["dtype"] == "bfloat16"
                                             else "")}[v.removesuffix(THP_SUFFIX)]
         if v.endswith(THP_SUFFIX):

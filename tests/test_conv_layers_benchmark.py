@@ -69,3 +69,14 @@ def test_tiny_run_against_pytorch(tmp_path):
                       "(requirements-bench.txt)")
   r, _ = _tiny(tmp_path, "jax_eigen,torch")
   assert set(r["median_s"]["torch"]) == set(r["median_s"]["jax_eigen"])
+
+
+def test_tiny_run_of_the_plain_valid_forward(tmp_path):
+  """The plain VALID forward agrees with ``layers.conv3x3_valid`` (else run() raises) and
+  is timed for the forward only: it gets a forward column and no dX/dW columns."""
+  r, rows = _tiny(tmp_path, "jax_eigen,jax_eigen_valid")
+  keys = r["median_s"]["jax_eigen_valid"]
+  assert len(keys) == 18 and all(k.endswith("/fwd") for k in keys)
+  head = [c.strip() for c in rows[0].strip("|").split("|")]
+  assert "fwd Eigen VALID" in head and "dx Eigen VALID" not in head
+  assert "fwd best" in head and len(head) == 1 + 4 + 3  # layer, 4 timed columns, 3 best

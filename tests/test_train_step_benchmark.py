@@ -90,3 +90,9 @@ def test_pooled_ratios_span_runs(tmp_path):
   q = train_step.pooled([str(p) for p in paths])
   assert q["step"]["runs"] == 2 and q["step"]["rounds"] == 4 and q["step"]["median"] == 1.5
   assert q["step"]["at_or_under_1"] == 0.5 and q["step"]["q1"] == 1.0 and q["step"]["q3"] == 2.0
+
+
+def test_every_variant_gets_a_row(tmp_path):
+  """A variant without a label would fail after a long run, when the table is written."""
+  rows = _table(tmp_path, _run({v: _variant(1.0, 2.0, 1000) for v in train_step.VARIANTS}))
+  assert len(rows) == len(train_step.VARIANTS)

@@ -208,9 +208,12 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array,
                   bias: jax.Array | None = None) -> jax.Array:
   """VALID 3x3 conv as a SAME conv followed by a 1-px crop on each side.
 
-  XLA:CPU runs SAME-padded convolutions about 2-3x faster than VALID ones; the
-  border pixels of the SAME output are simply discarded, so the result equals
-  the VALID convolution exactly (up to float summation order). The backward
+  Under XLA's default options (YNNPACK) a SAME convolution runs 2-4x faster than
+  the VALID one; the border pixels of the SAME output are simply discarded, so
+  the result equals the VALID convolution exactly (up to float summation order).
+  Eigen (``xla_compiler_options()``) runs the plain VALID convolution faster per
+  layer, but a whole forward pass gained only ~3 % from it, and a plain ``jax.jit``
+  would then get YNNPACK's slow VALID path (docs/performance.md). The backward
   pass is a custom VJP (see ``_conv3x3_valid_bwd``); it is fastest when the
   enclosing ``jax.jit`` gets ``compiler_options=xla_compiler_options()``.
 
