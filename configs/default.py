@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.cache_dir = ""              # weight-map cache; "" = $UNET_JAX_CACHE or ~/.cache/unet_jax
   c.num_workers = 0             # grain worker processes (0 = in the main process)
   c.synthetic = ml_collections.ConfigDict()
-  c.synthetic.num_images = 8    # generated images (train + val)
+  c.synthetic.num_images = 10   # generated images (train + val + held-out)
   c.synthetic.size = 256        # side of each generated image
   c.synthetic.cells = 40        # cells per image (Voronoi seeds)
 

@@ -486,7 +486,7 @@ class DatasetSpec:
 
 
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DatasetSpec("synthetic", _read_synthetic, None, "0-5", "6-7", "", "isbi", "vrand", None),
+    DatasetSpec("synthetic", _read_synthetic, None, "0-5", "6-7", "8-9", "isbi", "vrand", None),
     DatasetSpec("isbi2012", _read_isbi, None, "0-24", "25-29", "", "isbi", "vrand", "isbi2012"),
     DatasetSpec("dic_hela", functools.partial(_read_ctc, "DIC-C2DH-HeLa"), _load_ctc_files,
                 "0-49", "50-59", "60-83", "instance", "seg", "DIC-C2DH-HeLa"),

@@ -245,10 +245,18 @@ def safe_name(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
 
 
-def markdown_report(scores: dict, curves: dict, dataset: str, tta: bool = False) -> str:
-  """The scores (and per-threshold curves) as markdown tables."""
-  lines = [f"# Held-out evaluation ({dataset}{', TTA' if tta else ''})", "",
-           "| metric | value |", "| --- | --- |"]
+def markdown_report(scores: dict, curves: dict, dataset: str, tta: bool = False,
+                    names: Sequence[str] = ()) -> str:
+  """The scores (and per-threshold curves) as markdown tables.
+
+  The title names the images scored (``names``), not the split: which split
+  they are (validation, which chose the checkpoint, or held-out) is the caller's
+  to say.
+  """
+  lines = [f"# Evaluation ({dataset}{', TTA' if tta else ''})", ""]
+  if names:
+    lines += [f"{len(names)} images: {', '.join(names)}", ""]
+  lines += ["| metric | value |", "| --- | --- |"]
   lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in scores.items()]
   if curves:
@@ -270,7 +278,7 @@ def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.
   (out / "metrics.json").write_text(json.dumps(
       {"dataset": data.dataset, "tta": tta, "names": list(data.names), **scores,
        "curves": curves}, indent=2, allow_nan=True))
-  (out / "metrics.md").write_text(markdown_report(scores, curves, data.dataset, tta))
+  (out / "metrics.md").write_text(markdown_report(scores, curves, data.dataset, tta, data.names))
   instance_data = datasets.spec(data.dataset).protocol == "instance"
   for image, prob, mask, label, name in zip(data.images, cell_probs, masks, data.labels,
                                             data.names):

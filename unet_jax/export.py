@@ -261,14 +261,14 @@ def channel_names(config) -> list[str]:
 def test_image(config, tile: int, in_channels: int) -> tuple[np.ndarray, str]:
   """A ``[tile, tile, C]`` float32 crop of a real image (normalised as in training).
 
-  The first held-out image (else the first training image) of the run's
-  dataset, centre-cropped (or reflect-padded) to ``tile``; a generated
+  The first held-out image (else the first validation, else the first training
+  image) of the run's dataset, centre-cropped (or reflect-padded) to ``tile``; a generated
   synthetic image if the data cannot be read here.
   """
   from unet_jax import datasets
 
   image, source = None, ""
-  for split in ("val", "train"):
+  for split in ("heldout", "val", "train"):
     try:
       data = datasets.load_split(config, split)
     except Exception as e:  # data not on this machine: fall back below
@@ -317,7 +317,7 @@ def _write_cover(path: pathlib.Path, image: np.ndarray, prob: np.ndarray, border
 
 def _score_text(score: dict | None) -> str:
   if not score:
-    return "No held-out evaluation was stored with the checkpoint."
+    return "No validation score was stored with the checkpoint (the run had no validation split)."
   step = score.get("step")
   parts = [f"{k} = {int(v)}" if float(v).is_integer() else f"{k} = {v:.4f}"
            for k, v in score.items()
@@ -465,7 +465,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   Args:
     workdir: the training run's workdir.
     out: output folder (created).
-    which: "best" (held-out best; falls back to the latest) or "latest".
+    which: "best" (by validation score; falls back to the latest) or "latest".
     overwrite: replace an earlier export in ``out``.
     name: file stem and package name (default ``unet-<dataset>``).
     fixed_tile: export a fixed tile side instead of symbolic sides.
