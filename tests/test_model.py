@@ -192,7 +192,7 @@ def test_same_padding_output_size_equals_input_size(h, w):
 
 
 def test_same_padding_first_conv_is_a_zero_padded_convolution():
-  """The first layer against scipy: a zero-padded 3x3 correlation plus bias, ReLU."""
+  """`conv3x3_same` against scipy: a zero-padded 3x3 correlation plus bias (the ReLU is the model's)."""
   import scipy.ndimage as ndi
   from unet_jax import layers
   rng = np.random.default_rng(1)

@@ -43,7 +43,8 @@ def test_class_weights_of_three_classes_reach_the_weight_map(tiny_config, tmp_pa
   c = _config(tiny_config, tmp_path / "d", tmp_path)
   train = datasets.load_split(c, "train")
   cw = data_lib.class_weights_for(c, train)
-  assert cw.shape == (3,) and np.all(cw > 0)
+  n = np.bincount(np.concatenate([lab.ravel() for lab in train.labels]), minlength=3)
+  np.testing.assert_allclose(cw, n.sum() / (3 * n), rtol=1e-6)  # "balanced": N / (K n_k)
   w = data_lib.weights_for(c, train)[0]
   lab = train.labels[0]
   inst = np.where((lab >= 1) & (lab < 3), train.instances[0], 0)
@@ -74,3 +75,23 @@ def test_more_classes_than_the_dataset_has_is_refused(tiny_config):
   c.dataset = "folder"
   with pytest.raises(UserInputError, match="mask_kind=classes"):
     config_lib.validate(c)
+
+
+def test_class_iou_against_a_confusion_matrix():
+  """Per-class IoU from a confusion matrix over all images' pixels, labels outside
+  [0, K) ignored; the mean is over the foreground classes 1..K-1."""
+  from unet_jax import evaluation
+  rng = np.random.default_rng(3)
+  k = 3
+  probs = [rng.random((20, 30, k)), rng.random((16, 16, k))]
+  labels = [rng.integers(0, k, (20, 30)), rng.integers(0, k, (16, 16))]
+  labels[1][:4] = 255  # ignored
+  cm = np.zeros((k, k))
+  for p, lab in zip(probs, labels):
+    for t, q in zip(lab.ravel(), np.argmax(p, -1).ravel()):
+      if t < k:
+        cm[t, q] += 1
+  want = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+  got = evaluation.class_iou(probs, labels, k)
+  np.testing.assert_allclose([got[f"iou_class_{i}"] for i in range(k)], want, rtol=1e-12)
+  assert got["mean_iou"] == pytest.approx(want[1:].mean())

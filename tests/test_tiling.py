@@ -43,6 +43,26 @@ def test_tiled_equals_full_forward(depth, features, tile, shape, method):
   np.testing.assert_allclose(tiled.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("depth,features,tile,shape", [
+    (2, 4, 44, (37, 53)),
+    (4, 2, 220, (300, 211)),
+])
+def test_tiled_equals_one_forward_over_the_mirrored_image(depth, features, tile, shape):
+  """Against a reference built here, without the tile plan: the paper's overlap-tile
+  strategy (Fig. 2) equals one forward pass over the image mirrored by the net's border
+  on every side (and by whatever more on the bottom/right makes a valid input size)."""
+  model, variables = _net(depth, features)
+  image = _image(*shape, seed=2)
+  b = {2: 20, 4: 92}[depth]  # (input - output) / 2: 572 - 388 = 184 at depth 4 (paper)
+  # valid outputs are 4 + k * 2**depth (inputs 188 + 16k at depth 4, 44 + 4k at depth 2)
+  out = [s + (-(s - 4)) % 2**depth for s in shape]
+  padded = np.pad(image, ((b, out[0] - shape[0] + b), (b, out[1] - shape[1] + b)), "reflect")
+  logits = model.apply(variables, jnp.asarray(padded)[None, ..., None], train=False)[0]
+  full = np.asarray(jax.nn.softmax(logits, -1))[:shape[0], :shape[1]]
+  tiled = tiling.predict_tiled(model, variables, image, tile_size=tile, batch_size=2)
+  np.testing.assert_allclose(tiled, full, atol=1e-5)
+
+
 @pytest.mark.parametrize("depth,features,tile,shape,batch,tta", [
     (2, 4, 44, (37, 53), 3, False),      # 6 x 5 tiles, last batch partly filled
     (2, 4, 52, (61, 29, 2), 4, True),    # H != W: two view shapes under TTA

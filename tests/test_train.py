@@ -272,8 +272,9 @@ def test_sigkill_then_rerun_gives_identical_parameters(tiny_config, tmp_path):
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if metrics.is_file() and len(metrics.read_text().splitlines()) >= kill_at:
+      proc.send_signal(signal.SIGSTOP)  # freeze it at once: at least 5 steps are left
       break
-    time.sleep(0.05)
+    time.sleep(0.01)
   assert proc.poll() is None, "the run finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
