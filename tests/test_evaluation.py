@@ -41,6 +41,21 @@ def _blobs(rng, size=40, cells=5):
   return image[..., None].astype(np.float32), (instances > 0).astype(np.int32), instances
 
 
+def _matched_ious(pred, ref):
+  """CTC SEG per reference object, by brute force: the IoU with the predicted object
+  that holds more than half of its pixels, else 0."""
+  out = []
+  for r in np.unique(ref[ref > 0]):
+    cell = ref == r
+    j = 0.0
+    for i in np.unique(pred[cell]):
+      obj = pred == i
+      if i > 0 and 2 * np.sum(obj & cell) > cell.sum():
+        j = np.sum(obj & cell) / np.sum(obj | cell)
+    out.append(j)
+  return np.array(out)
+
+
 def _data(dataset, n=2, seed=0):
   rng = np.random.default_rng(seed)
   images, labels, instances = zip(*[_blobs(rng) for _ in range(n)])
@@ -56,6 +71,13 @@ def test_evaluate_split_isbi_like_writes_report(tiny_config, tmp_path):
   for key in ("vrand", "vinfo", "rand_error", "pixel_error", "warping_error", "best_threshold"):
     assert np.isfinite(scores[key]) and isinstance(scores[key], float)
   assert 0 <= scores["vrand"] <= 1 and scores["num_images"] == 2
+  # the same as scoring the tiled forward's p(cell) of each image directly
+  from unet_jax import config_lib, metrics, tiling
+  tile = config_lib.resolve(tiny_config, 1).eval_tile_size
+  probs = [tiling.predict_tiled(model, variables, im, tile_size=tile)[..., 1] for im in data.images]
+  ref = metrics.isbi_scores(probs, data.labels)
+  for key in ("vrand", "vinfo", "rand_error", "pixel_error", "warping_error", "best_threshold"):
+    assert scores[key] == pytest.approx(ref[key], abs=1e-6), key
   report = json.loads((tmp_path / "metrics.json").read_text())
   assert report["vrand"] == pytest.approx(scores["vrand"])
   assert len(report["curves"]["vrand"]) == 11
@@ -65,9 +87,19 @@ def test_evaluate_split_isbi_like_writes_report(tiny_config, tmp_path):
 
 def test_evaluate_split_ctc_reports_seg(tiny_config):
   model, variables = _net(2, 4)
-  scores = evaluation.evaluate_split(model, variables, _data("dic_hela"), tiny_config,
-                                     warping=False)
+  data = _data("dic_hela")
+  scores = evaluation.evaluate_split(model, variables, data, tiny_config, warping=False)
   assert set(scores) >= {"seg", "vrand", "vinfo", "pixel_error"}
+  # SEG of the instances of the tiled forward's p(cell), pooled over the images' cells
+  from unet_jax import config_lib, instances, tiling
+  tile = config_lib.resolve(tiny_config, 1).eval_tile_size
+  params = instances.InstanceParams.from_config(tiny_config)
+  preds = [instances.from_probability(
+      tiling.predict_tiled(model, variables, im, tile_size=tile)[..., 1], params)
+      for im in data.images]
+  ious = np.concatenate([_matched_ious(p, r) for p, r in zip(preds, data.instances)])
+  assert ious.max() > 0  # some cells matched: not a trivial 0 == 0
+  assert scores["seg"] == pytest.approx(ious.mean(), abs=1e-9)
   assert 0 <= scores["seg"] <= 1
 
 
@@ -89,6 +121,14 @@ def test_write_submission_shape_and_dtype(tiny_config, tmp_path):
   stack = tifffile.imread(path)
   assert stack.shape == (2, 30, 36) and stack.dtype == np.float32
   assert 0 <= stack.min() and stack.max() <= 1
+  # slice i is p(cell interior) = softmax channel 1 of slice i's own normalised image
+  # (the challenge's convention), not 1 - p, not another slice
+  from unet_jax import config_lib, datasets, tiling
+  tile = config_lib.resolve(tiny_config, 1).eval_tile_size
+  for i in range(2):
+    p = tiling.predict_tiled(model, variables, datasets.normalize(volume[i]), tile_size=tile)
+    np.testing.assert_allclose(stack[i], p[..., 1], atol=1e-6)
+  assert np.abs(stack[0] - stack[1]).max() > 1e-3  # the slices differ
 
 
 def test_watershed_postprocessing_is_what_gets_scored_and_submitted(tiny_config, tmp_path):

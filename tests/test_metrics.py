@@ -402,3 +402,45 @@ def test_vrand_vinfo_agree_with_scikit_image(data_root):
     assert ours_info == pytest.approx(1 - vi / (h_s + h_t), rel=1e-9)
     # Without the mapping the two differ, but only slightly for 512^2 slices.
     assert ours_rand != 1 - adapted_rand_error(truth, test, ignore_labels=(0,))[0]
+
+
+def test_isbi_scores_sweep_average_and_best_threshold_recomputed():
+  """The aggregation of ``isbi_scores`` on an imperfect two-slice prediction, recomputed
+  here: per threshold t, V_rand / V_info of the thinned components of prob > t and the raw
+  Rand F of its plain 4-connected components (those scorers are checked against brute
+  force and scikit-image above), pixel F1 counted here; each averaged over the slices,
+  then the best over t, and V_rand's argmax as ``best_threshold``. Ignored pixels (255)
+  count nowhere."""
+  from unet_jax import synthetic
+  rng = np.random.default_rng(5)
+  _, instances = synthetic.generate(2, 64, 10, seed=1)
+  cells = [inst > 0 for inst in instances]
+  probs = [np.clip(ndi.gaussian_filter(c.astype(float), 1.5) + rng.normal(0, 0.15, c.shape), 0, 1)
+           for c in cells]
+  gts = [c.astype(np.int32) for c in cells]
+  gts[1][:5] = 255
+  ts = np.round(np.arange(11) * 0.1, 1)
+  got = metrics.isbi_scores(probs, gts, ts, warping=False)
+  per = {k: np.zeros((2, ts.size)) for k in ("vrand", "vinfo", "raw", "f1")}
+  for s, (p, g) in enumerate(zip(probs, gts)):
+    ignore, valid = g == 255, g != 255
+    truth = ndi.label(g == 1, _FOUR)[0]
+    for i, t in enumerate(ts):
+      b = p > t
+      thin = metrics.thin_boundaries(b)
+      per["vrand"][s, i] = metrics.rand_f_score(thin, truth, ignore)
+      per["vinfo"][s, i] = metrics.info_f_score(thin, truth, ignore)
+      per["raw"][s, i] = metrics.rand_f_score(ndi.label(b, _FOUR)[0], truth, ignore)
+      tp = np.sum(b & (g == 1) & valid)
+      fp, fn = np.sum(b & (g == 0) & valid), np.sum(~b & (g == 1) & valid)
+      per["f1"][s, i] = 2 * tp / (2 * tp + fp + fn)
+  mean = {k: v.mean(0) for k, v in per.items()}
+  assert got["vrand"] == pytest.approx(mean["vrand"].max(), rel=1e-12)
+  assert got["vinfo"] == pytest.approx(mean["vinfo"].max(), rel=1e-12)
+  assert got["rand_error"] == pytest.approx(1 - mean["raw"].max(), rel=1e-12)
+  assert got["pixel_error"] == pytest.approx(1 - mean["f1"].max(), rel=1e-12)
+  assert got["best_threshold"] == ts[np.argmax(mean["vrand"])]
+  np.testing.assert_allclose(got["curves"]["pixel_f1"], mean["f1"], rtol=1e-12)
+  assert got["num_slices"] == 2 and np.isnan(got["warping_error"])
+  # an imperfect prediction whose score depends on the threshold
+  assert 0.3 < got["vrand"] < 0.999 and np.ptp(mean["vrand"]) > 0.1

@@ -63,7 +63,15 @@ def test_mixed_folder(tiny_config, tmp_path):
   np.testing.assert_array_equal(mask, np.where(direct[..., 1] > 0.5, 255, 0))
   labels = tifffile.imread(out / "a.tif_labels.tif")
   assert labels.dtype == np.uint16
-  assert (labels > 0)[mask > 0].all()  # every cell pixel belongs to an object
+  # the default instances: the paper's threshold + 4-connected components (min_size 0),
+  # on the mask's pixels the same partition as scikit-image's labelling of the mask
+  # (outside it, fill_gaps hands the 1-px separation borders to the cells)
+  from skimage.measure import label
+  ref = label(mask > 0, connectivity=1)
+  assert ref.max() > 1  # several objects, so a one-object labelling would fail
+  assert (labels > 0)[mask > 0].all()
+  pairs = set(zip(labels[mask > 0].tolist(), ref[mask > 0].tolist()))
+  assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == ref.max()
   # The input's pixel size (0.5 um) is in the results.
   assert image_io.read_image(out / "a.tif_prob.tif").pixel_size == pytest.approx((0.5, 0.5))
   assert image_io.read_image(out / "a.tif_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
