@@ -106,3 +106,35 @@ def test_determinism_and_intensity():
   img = augment.apply_transform(t, image, label, weight, TILE, OUT)[0]
   np.testing.assert_allclose(img, _reflect_crop(image, t.origin, TILE) * t.gain + t.offset,
                              atol=1e-5)
+
+
+def test_image_label_and_weight_are_sampled_at_the_documented_coordinates():
+  """Ramps reveal where each tile pixel was sampled: image channels hold the row and the
+  column, the weight map the row, the label a unique id per pixel. With a free rotation,
+  a mirror and an elastic field, every array must be sampled at
+  ``origin + c + A (p - c + d(p))`` (the module docstring), written out here; the label
+  and weights at the centre O x O of the same coordinates as the image, so all three stay
+  aligned under deformation."""
+  h = w = 400
+  rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+  image = np.stack([rows, cols], -1)
+  label = (np.arange(h * w, dtype=np.int32)).reshape(h, w)
+  field = augment.elastic_field(np.random.default_rng(3), TILE, 3, 10.0)
+  angle = np.deg2rad(30.0)
+  a = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.diag([1, -1])
+  t = augment.Transform(origin=np.array([170.0, 150.0]), matrix=a, displacement=field)
+  img, lab, wgt = augment.apply_transform(t, image, label, rows, TILE, OUT)
+  c = (TILE - 1) / 2
+  want = np.zeros((2, TILE, TILE))
+  for i in range(TILE):
+    for j in range(TILE):
+      want[:, i, j] = t.origin + c + a @ (np.array([i, j]) - c + field[:, i, j])
+  assert want.min() > 0 and want.max() < h - 1  # inside the image: no mirroring here
+  assert np.abs(field).max() > 3  # a real deformation
+  np.testing.assert_allclose(img[..., 0], want[0], atol=1e-3)  # linear interpolation of
+  np.testing.assert_allclose(img[..., 1], want[1], atol=1e-3)  # a ramp is exact
+  centre = want[:, B:B + OUT, B:B + OUT]
+  np.testing.assert_allclose(wgt, centre[0], atol=1e-3)
+  r, q = np.divmod(lab, w)  # nearest neighbour: the pixel nearest to the coordinates
+  np.testing.assert_array_equal(r, np.round(centre[0]))
+  np.testing.assert_array_equal(q, np.round(centre[1]))
