@@ -4,9 +4,10 @@
 
 Synthetic EM-like images (Voronoi cells with thin dark membranes, texture and
 noise; unet_jax/synthetic.py), 10 images of 256x256: train on 0-5, choose the
-best checkpoint on 6-7, report on 8-9 (held out). 1500 steps. Depth 4 as in the paper but 16 features and 252x252 tiles (output 68x68),
-so a step takes a fraction of a second on 2 CPU cores and the loss visibly falls
-within a few minutes. Augmentation and weight maps are the paper's. The numbers
+best checkpoint on 6-7, report on 8-9 (held out). 1500 steps. Depth 4 as in the
+paper but 16 features and 252x252 tiles (output 68x68), so a step takes a
+fraction of a second on 2 CPU cores and the loss visibly falls within a few
+minutes. Augmentation and weight maps are the paper's. The numbers
 only show that the pipeline learns; they say nothing about the benchmarks.
 """
 
