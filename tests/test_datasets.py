@@ -55,7 +55,7 @@ def test_dic_hela_real_files(data_root):
   assert n >= len(np.unique(mask)) - 1
   assert all(len(np.unique(mask[comps == c])) == 1 for c in range(1, n + 1))
   assert val.names[0] == "01/t060" and val.images[0].shape == (512, 512, 1)
-  assert 10 <= len(np.unique(train.instances[0])) - 1 <= 18  # README: 10-18 cells per frame
+  assert 10 <= len(np.unique(train.instances[0])) - 1 <= 18  # the data README: 10-18 cells per frame
 
 
 # ----------------------------------------------------------------------------- helpers
