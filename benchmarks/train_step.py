@@ -202,9 +202,9 @@ def worker_main(args: argparse.Namespace) -> None:
   if args.worker == "torch":
     w = TorchWorker(args)
   else:
+    # every JAX variant runs with the project's compiler options but these two
     w = JaxWorker(args, reference=args.worker == "jax_reference",
-                  compiler_options=args.worker in ("jax", "jax_same_autodiff", "jax_dw_copy",
-                                                    "jax_valid_fwd"))
+                  compiler_options=args.worker not in ("jax_xla_defaults", "jax_reference"))
   info = {"setup_s": time.perf_counter() - t0}
   for op in ("forward", "step"):  # warm-up: compilation, allocator, first-touch
     t0 = time.perf_counter()

@@ -41,21 +41,6 @@ def _blobs(rng, size=40, cells=5):
   return image[..., None].astype(np.float32), (instances > 0).astype(np.int32), instances
 
 
-def _matched_ious(pred, ref):
-  """CTC SEG per reference object, by brute force: the IoU with the predicted object
-  that holds more than half of its pixels, else 0."""
-  out = []
-  for r in np.unique(ref[ref > 0]):
-    cell = ref == r
-    j = 0.0
-    for i in np.unique(pred[cell]):
-      obj = pred == i
-      if i > 0 and 2 * np.sum(obj & cell) > cell.sum():
-        j = np.sum(obj & cell) / np.sum(obj | cell)
-    out.append(j)
-  return np.array(out)
-
-
 def _data(dataset, n=2, seed=0):
   rng = np.random.default_rng(seed)
   images, labels, instances = zip(*[_blobs(rng) for _ in range(n)])
@@ -91,13 +76,14 @@ def test_evaluate_split_ctc_reports_seg(tiny_config):
   scores = evaluation.evaluate_split(model, variables, data, tiny_config, warping=False)
   assert set(scores) >= {"seg", "vrand", "vinfo", "pixel_error"}
   # SEG of the instances of the tiled forward's p(cell), pooled over the images' cells
-  from unet_jax import config_lib, instances, tiling
+  # (metrics.seg_score equals py-ctcmetrics' SEG: tests/test_ctc_format.py)
+  from unet_jax import config_lib, instances, metrics, tiling
   tile = config_lib.resolve(tiny_config, 1).eval_tile_size
   params = instances.InstanceParams.from_config(tiny_config)
   preds = [instances.from_probability(
       tiling.predict_tiled(model, variables, im, tile_size=tile)[..., 1], params)
       for im in data.images]
-  ious = np.concatenate([_matched_ious(p, r) for p, r in zip(preds, data.instances)])
+  ious = np.concatenate([metrics.seg_jaccards(p, r) for p, r in zip(preds, data.instances)])
   assert ious.max() > 0  # some cells matched: not a trivial 0 == 0
   assert scores["seg"] == pytest.approx(ious.mean(), abs=1e-9)
   assert 0 <= scores["seg"] <= 1
