@@ -79,7 +79,7 @@ _SCRIPT = textwrap.dedent("""
     from unet_jax.errors import UserInputError
     workdir = sys.argv[1]
     c = tiny.get_config()
-    c.eval_every, c.batch_size, c.checkpoint_every = 0, 2, 2
+    c.eval_every, c.batch_size, c.checkpoint_every = 4, 2, 2  # validation on both devices
     assert train_lib._data_parallel_mesh(c) is not None
     for steps in (2, 4):
       c.num_steps = steps
@@ -93,16 +93,61 @@ _SCRIPT = textwrap.dedent("""
     print("PARALLEL_OK")
 """)
 
+_INFERENCE_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from random_nets import random_variables
+    from unet_jax import parallel, tiling
+    from unet_jax.model import UNet
 
-def test_two_devices_match_one(tiny_config, tmp_path, monkeypatch):
-  """The data-parallel step and a resumed data-parallel training run equal one device."""
-  monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path / "cache"))
+    assert len(jax.devices()) == 2, jax.devices()
+    model = UNet(features=4, depth=2, dropout_rate=0.0)
+    variables = random_variables(model, channels=1)
+    image = np.random.default_rng(0).standard_normal((61, 47)).astype(np.float32)
+    full = tiling.full_image_reference(model, variables, image, 44)
+    # 44-px tiles (20-px outputs, stride 16) on an odd-sized image: 4 x 3 tiles per
+    # view; 5 per device and call (10 in all), so the last batch is filled up.
+    for method in ("device", "host"):
+      for tta in (False, True):
+        kw = dict(tile_size=44, batch_size=5, tta=tta, method=method)
+        one = tiling.predict_tiled(model, variables, image, devices=jax.devices()[:1], **kw)
+        two = tiling.predict_tiled(model, variables, image, **kw)  # default: both devices
+        np.testing.assert_allclose(two, one, rtol=0, atol=1e-6)
+        if not tta:  # and both are the one forward pass over the padded image
+          np.testing.assert_allclose(two, full, rtol=0, atol=1e-5)
+
+    # The compiled program runs the net on 5 tiles per device (a global batch of 10).
+    mesh = tiling.inference_mesh()
+    assert mesh.devices.size == 2 and tiling.inference_mesh(jax.devices()[:1]) is None
+    v, x = parallel.replicate(variables, mesh), parallel.replicate(image[..., None], mesh)
+    hlo = tiling.predict_sum.lower(model, v, x, tile_size=44, batch_size=5,
+                                   views=((0, False),), mesh=mesh).compile().as_text()
+    assert "f32[5,44,44,1]" in hlo and "f32[10,44,44,1]" not in hlo, hlo[:2000]
+    print("INFERENCE_OK")
+""")
+
+
+def _two_device_env() -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"),
                                        env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "two")], env=env,
+  return env
+
+
+def test_tiled_inference_over_two_devices_equals_one():
+  """predict_tiled splits its tile batches over both devices; same probabilities."""
+  proc = subprocess.run([sys.executable, "-c", _INFERENCE_SCRIPT], env=_two_device_env(),
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "INFERENCE_OK" in proc.stdout
+
+
+def test_two_devices_match_one(tiny_config, tmp_path, monkeypatch):
+  """The data-parallel step and a resumed data-parallel training run equal one device."""
+  monkeypatch.setenv("UNET_JAX_CACHE", str(tmp_path / "cache"))
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "two")],
+                        env=_two_device_env(),
                         cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "PARALLEL_OK" in proc.stdout

@@ -26,15 +26,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
 
 from unet_jax import model as model_lib
+from unet_jax import parallel
 from unet_jax.errors import UserInputError
 
 GiB = 1 << 30
@@ -352,18 +354,39 @@ def _probabilities(model: nn.Module, variables: Any, tiles: jax.Array) -> jax.Ar
   return jax.nn.softmax(model.apply(variables, tiles, train=False).astype(jnp.float32), -1)
 
 
+def inference_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+  """The ``"data"`` mesh that inference spreads its tile batches over.
+
+  ``devices`` None = all of this process's devices (``jax.local_devices()``:
+  in a multi-process run every process predicts on its own devices, without
+  collectives between processes). Returns None for a single device, so that
+  the one-device programs stay exactly as they are.
+  """
+  devices = jax.local_devices() if devices is None else list(devices)
+  if not devices:
+    raise UserInputError("devices: an empty list; pass None for all local devices")
+  return parallel.make_mesh(devices) if len(devices) > 1 else None
+
+
 def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size: int,
                 progress: bool = False,
-                on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
+                on_tiles: Callable[[int, int], None] | None = None,
+                mesh: Mesh | None = None) -> np.ndarray:
   """Runs ``tiles`` [N, T, T, C] through the net in fixed-size batches.
 
   The last batch is zero-padded to ``batch_size`` so every call has the same
   shape: one compilation per (model, tile size, batch size), none per image.
   ``on_tiles(done, total)`` is called after every batch (progress of large images).
+  With a ``mesh`` (``inference_mesh``; ``variables`` replicated on it) every
+  call takes ``batch_size`` tiles per device, split over the mesh's devices.
 
   Returns:
     float32 probabilities ``[N, out, out, K]``.
   """
+  if mesh is not None and isinstance(model, nn.Module):
+    batch_size *= mesh.devices.size
+  else:
+    mesh = None
   n = len(tiles)
   starts = range(0, n, batch_size)
   if progress:
@@ -375,20 +398,25 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
     if len(batch) < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
                                               batch.dtype)])
-    outs.append(_forward(model, variables, batch))
+    outs.append(_forward(model, variables, batch, mesh))
     if on_tiles is not None:
       on_tiles(min(s + batch_size, n), n)
   return np.concatenate(outs)[:n]
 
 
-def _forward(model: Any, variables: Any, batch: np.ndarray) -> np.ndarray:
+def _forward(model: Any, variables: Any, batch: np.ndarray,
+             mesh: Mesh | None = None) -> np.ndarray:
   """Probabilities of one batch: the jitted Flax model, or an exported graph.
 
   An exported graph (``unet_jax.onnx_predict.OnnxUNet``) is a callable on
-  NumPy tiles that runs outside JAX; its ``variables`` are None.
+  NumPy tiles that runs outside JAX; its ``variables`` are None. With a
+  ``mesh`` the batch is split over its devices (jit follows the input's sharding).
   """
   if isinstance(model, nn.Module):
-    return np.asarray(_probabilities(model, variables, jnp.asarray(batch)))
+    # A local mesh: every device is this process's, so device_put can place it.
+    x = (jnp.asarray(batch) if mesh is None
+         else jax.device_put(batch, parallel.batch_sharding(mesh)))
+    return np.asarray(_probabilities(model, variables, x))
   return np.asarray(model(batch))
 
 
@@ -440,7 +468,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
                   tile_size: int | None = None, batch_size: int = 4, tta: bool = False,
                   memory_budget: int | None = None, progress: bool = False,
                   method: str = "auto",
-                  on_tiles: Callable[[int, int], None] | None = None) -> np.ndarray:
+                  on_tiles: Callable[[int, int], None] | None = None,
+                  devices: Sequence[jax.Device] | None = None) -> np.ndarray:
   """Softmax probabilities of an image of any size by overlap-tile inference.
 
   Args:
@@ -451,7 +480,7 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
       ``2**depth`` (204 is the smallest at depth 4). None = the largest that
       fits ``memory_budget`` (``tile_size_for_memory``), but no larger than one
       tile covering the whole image.
-    batch_size: tiles per jitted call.
+    batch_size: tiles per jitted call and device.
     tta: average the predictions of the 8 flips/rotations of the image (the
       dihedral group), each mapped back before averaging.
     memory_budget: bytes for ``tile_size=None`` and for how many TTA views
@@ -466,6 +495,9 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
       (progress by tiles, exported ONNX models, SAME padding).
     on_tiles: called as ``on_tiles(done, total)`` after every batch of tiles
       (all TTA views together), e.g. to move a caller's progress bar.
+    devices: the devices that share every batch of tiles (``batch_size``
+      each); None = all of this process's devices, e.g. the 8 GPUs of a host.
+      The result does not depend on them (float rounding aside).
   Returns:
     float32 ``[H, W, K]`` softmax probabilities.
   Raises:
@@ -480,19 +512,22 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   padding = _padding(model)
   check_tile_size(tile_size, model.depth, padding)
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+  mesh = inference_mesh(devices) if isinstance(model, nn.Module) else None
+  if mesh is not None:
+    variables = parallel.replicate(variables, mesh)  # a no-op when already there
   if method == "auto":
     device_ok = isinstance(model, nn.Module) and padding == "valid"
     method = "device" if device_ok and on_tiles is None and not progress else "host"
   if method == "device":
     return _predict_on_device(model, variables, image, tile_size, batch_size, transforms,
-                              memory_budget)
+                              memory_budget, mesh)
   if method != "host":
     raise UserInputError(f"method must be 'device' or 'host', got {method!r}")
   views = [transform(image, k, flip) for k, flip in transforms]
   plans = [plan_tiles(v.shape[0], v.shape[1], tile_size, model.depth, padding) for v in views]
   # All views' tiles go through one batched loop: full batches, one compilation.
   tiles = np.concatenate([extract_tiles(pad_image(v, p), p) for v, p in zip(views, plans)])
-  outputs = run_batched(model, variables, tiles, batch_size, progress, on_tiles)
+  outputs = run_batched(model, variables, tiles, batch_size, progress, on_tiles, mesh)
   total = np.zeros((h, w, outputs.shape[-1]), np.float32)
   start = 0
   for (k, flip), plan in zip(transforms, plans):
@@ -502,10 +537,11 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
 
 
 def _predict_on_device(model: nn.Module, variables: Any, image: np.ndarray, tile_size: int,
-                       batch_size: int, transforms: tuple, memory_budget: int | None) -> np.ndarray:
+                       batch_size: int, transforms: tuple, memory_budget: int | None,
+                       mesh: Mesh | None) -> np.ndarray:
   """``predict_tiled`` through ``predict_sum``: as many TTA views per
-  compiled call as the memory budget allows (all 8 on any usual machine)."""
-  
+  compiled call as the memory budget allows (all 8 on any usual machine).
+  The budget is per device: each holds one batch of the net and the image's buffers."""
   h, w, c = image.shape
   budget = memory_budget or default_memory_budget()
   net = estimate_memory(tile_size, features=model.features, depth=model.depth,
@@ -514,12 +550,11 @@ def _predict_on_device(model: nn.Module, variables: Any, image: np.ndarray, tile
   per_view = image_buffer_bytes(h, w, c, model.num_classes, tile_size,
                                               model.depth, 1)
   per_call = int(max(1, min(len(transforms), (budget - net) // max(per_view, 1))))
-  x = jnp.asarray(image)
+  x = jnp.asarray(image) if mesh is None else parallel.replicate(image, mesh)
   total = None
   for i in range(0, len(transforms), per_call):
-    part = predict_sum(model, variables, x, tile_size=tile_size,
-                                     batch_size=batch_size,
-                                     views=tuple(transforms[i:i + per_call]))
+    part = predict_sum(model, variables, x, tile_size=tile_size, batch_size=batch_size,
+                       views=tuple(transforms[i:i + per_call]), mesh=mesh)
     total = part if total is None else total + part
   return np.asarray(total / len(transforms))
 
@@ -593,9 +628,11 @@ def _group_views(height: int, width: int,
   return list(groups.values())
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tile_size", "batch_size", "views"))
+@functools.partial(jax.jit, static_argnames=("model", "tile_size", "batch_size", "views",
+                                              "mesh"))
 def predict_sum(model: nn.Module, variables: Any, image: jax.Array, *, tile_size: int,
-                batch_size: int, views: tuple[tuple[int, bool], ...]) -> jax.Array:
+                batch_size: int, views: tuple[tuple[int, bool], ...],
+                mesh: Mesh | None = None) -> jax.Array:
   """Sum over ``views`` of the mapped-back softmax probabilities of ``image``.
 
   Args:
@@ -603,13 +640,19 @@ def predict_sum(model: nn.Module, variables: Any, image: jax.Array, *, tile_size
     variables: ``{"params": ...}``.
     image: float32 ``[H, W, C]``.
     tile_size: a usable input tile side (``check_tile_size``).
-    batch_size: tiles per forward pass of the net.
+    batch_size: tiles per forward pass of the net and device.
     views: ``(k, flip)`` pairs of ``DIHEDRAL`` (``((0, False),)``: no TTA).
+    mesh: ``inference_mesh`` of several devices, ``variables`` and ``image``
+      replicated on it: every forward pass takes ``batch_size`` tiles per
+      device, split over the ``"data"`` axis (data parallel, no collectives
+      inside the net); None = one device.
   Returns:
     float32 ``[H, W, K]``: divide by ``len(views)`` for the mean.
   """
   h, w, c = image.shape
   t = tile_size
+  if mesh is not None:
+    batch_size *= mesh.devices.size
   total = None
   for group in _group_views(h, w, views):
     stack = jnp.stack([_transform_on_device(image, k, flip) for k, flip in group])  # [V, h', w', C]
@@ -633,6 +676,8 @@ def predict_sum(model: nn.Module, variables: Any, image: jax.Array, *, tile_size
 
     def run(batch_offsets):
       tiles = jax.vmap(cut)(batch_offsets)  # [B, T, T, C]
+      if mesh is not None:  # each device runs the net on its B / devices tiles
+        tiles = lax.with_sharding_constraint(tiles, parallel.batch_sharding(mesh))
       logits = model.apply(variables, tiles, train=False)
       return jax.nn.softmax(logits.astype(jnp.float32), -1)
 
