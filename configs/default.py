@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000           # held-out evaluation (0 = off)
   c.eval_tile_size = 0          # 0 = tile_size
   c.eval_batch_size = 4
+  c.profile_steps = ""          # e.g. "20-24": jax.profiler trace of those steps -> WORKDIR/profile
   # --- instances from p(cell) (cell data; unet_jax/instances.py) -------------------
   c.instances = ml_collections.ConfigDict()
   c.instances.method = "components"  # components (paper: threshold + components) | watershed

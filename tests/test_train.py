@@ -191,6 +191,44 @@ def test_metrics_are_fetched_every_log_every_steps_not_every_step(tiny_config, t
   assert blocks == [[1, 2, 3, 4], [5, 6], [7, 8], [9, 10, 11, 12]]
 
 
+def _profiled_steps(workdir) -> list[int]:
+  """Step numbers of the "train" step annotations in the run's profiler trace(s)."""
+  from jax.profiler import ProfileData
+  files = sorted((pathlib.Path(workdir) / "profile").rglob("*.xplane.pb"))
+  steps = []
+  for f in files:
+    for plane in ProfileData.from_file(str(f)).planes:
+      for line in plane.lines:
+        steps += [dict(e.stats)["step_num"] for e in line.events if e.name == "train"]
+  return sorted(steps)
+
+
+def test_profile_steps_writes_a_trace_of_exactly_those_steps(tiny_config, tmp_path):
+  """config.profile_steps="3-4": a jax.profiler trace with steps 3 and 4 annotated and
+  the compiled train step's work in it; resuming inside the range traces the rest."""
+  c = tiny_config
+  c.num_steps, c.eval_every, c.checkpoint_every, c.profile_steps = 6, 0, 3, "3-4"
+  train_lib.train_and_evaluate(c, str(tmp_path / "a"))
+  assert _profiled_steps(tmp_path / "a") == [3, 4]
+  trace = next((tmp_path / "a" / "profile" / "process_0").rglob("*.xplane.pb"))
+  assert "jit_train_step" in trace.read_bytes().decode("latin-1")  # the XLA program ran in it
+  # Resumed from the checkpoint of step 3 with the range 2-9: the trace starts at
+  # step 4 and stops with the run's last step, 6.
+  c.num_steps, c.profile_steps = 3, ""
+  train_lib.train_and_evaluate(c, str(tmp_path / "b"))
+  assert not (tmp_path / "b" / "profile").exists()
+  c.num_steps, c.profile_steps = 6, "2-9"
+  train_lib.train_and_evaluate(c, str(tmp_path / "b"))
+  assert _profiled_steps(tmp_path / "b") == [4, 5, 6]
+
+
+@pytest.mark.parametrize("text", ["5-2", "0-3", "a-b", "3-"])
+def test_bad_profile_steps_are_refused(tiny_config, text):
+  tiny_config.profile_steps = text
+  with pytest.raises(UserInputError, match="profile_steps"):
+    config_lib.validate(tiny_config)
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_config, tmp_path):
   """Metrics are fetched every log_every steps; the guard names the first bad step and range."""
   c = tiny_config

@@ -26,7 +26,7 @@ ARCH_FIELDS = ("features", "depth", "num_classes", "in_channels", "padding")
 # those runs (so their workdirs still load).
 FIELDS_ADDED_LATER = {
     "classifier_init_scale": 1.0, "heldout_indices": "", "padding": "valid",
-    "mask_kind": "binary", "ema_decay": 0.0,
+    "mask_kind": "binary", "ema_decay": 0.0, "profile_steps": "",
     # the paper's way: 4-connected components of p(cell) > 0.5
     "instances": {"method": "components", "threshold": 0.5, "seed_threshold": 0.9,
                   "seed_radius": 2, "min_size": 0, "fill_gaps": True},
@@ -90,6 +90,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.sigma <= 0 or c.w0 < 0:
     _fail("sigma" if c.sigma <= 0 else "w0", c.sigma if c.sigma <= 0 else c.w0,
           "sigma must be > 0 and w0 >= 0")
+  parse_step_range(c.profile_steps)
+
+
+def parse_step_range(text: str) -> tuple[int, int] | None:
+  """``config.profile_steps``: "" -> None, "20-24" -> (20, 24), "7" -> (7, 7).
+
+  Raises:
+    UserInputError: unless it is empty, N or A-B with 1 <= A <= B.
+  """
+  text = str(text).strip()
+  if not text:
+    return None
+  first, dash, last = text.partition("-")
+  try:
+    lo, hi = int(first), int(last if dash else first)
+  except ValueError:
+    lo = hi = 0
+  if not 1 <= lo <= hi:
+    _fail("profile_steps", text, "must be a step or a range of steps, e.g. '20-24' "
+          "(steps count from 1; '' = no profile)")
+  return lo, hi
 
 
 def resolve(config: ml_collections.ConfigDict, num_channels: int | None = None

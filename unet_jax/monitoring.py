@@ -1,4 +1,5 @@
-"""What a long run shows: progress bar, metrics.jsonl, TensorBoard, curves.png.
+"""What a long run shows: progress bar, metrics.jsonl, TensorBoard, curves.png,
+and on request a profiler trace of a few steps (:class:`StepProfiler`).
 
 ``curves.png`` is redrawn by :meth:`RunMonitor.plot`, which the training loop
 calls at checkpoint and evaluation time (not at every logged step), with
@@ -23,6 +24,9 @@ import shutil
 import sys
 import time
 
+import contextlib
+
+import jax
 import numpy as np
 import tqdm
 
@@ -201,3 +205,60 @@ class NullMonitor:
 
   def close(self) -> None:
     pass
+
+
+class StepProfiler:
+  """A ``jax.profiler`` trace of the train steps ``first..last``.
+
+  ``config.profile_steps`` chooses them (``config_lib.parse_step_range``); skip
+  the first steps, which compile. The trace goes to
+  ``WORKDIR/profile/process_I/plugins/profile/<time>/`` (``*.xplane.pb``: open
+  it with TensorBoard's profile plugin or XProf), one folder per process so that
+  processes on one host do not overwrite each other. Each step runs under a
+  ``StepTraceAnnotation("train", step_num=step)``, by which the viewers split the
+  trace into steps. The trace stops only when the last profiled step's results
+  are ready, so that step's device work is in it (the train loop itself never
+  waits on the device).
+
+  Args:
+    workdir: the run's directory.
+    steps: ``(first, last)`` or None (no profile: every method is a no-op).
+    process_index: ``jax.process_index()``.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, steps: tuple[int, int] | None,
+               process_index: int = 0):
+    self.steps = steps
+    self.logdir = pathlib.Path(workdir) / "profile" / f"process_{process_index}"
+    self.active = False
+    self.done = False
+
+  def step(self, step: int) -> contextlib.AbstractContextManager:
+    """Context for running ``step``: starts the trace at the first profiled step
+    (or the first one after a resume inside the range) and annotates it."""
+    if self.steps is None or self.done:
+      return contextlib.nullcontext()
+    first, last = self.steps
+    if not self.active and first <= step <= last:
+      self.logdir.mkdir(parents=True, exist_ok=True)
+      jax.profiler.start_trace(str(self.logdir))
+      self.active = True
+      log.info("profiling steps %d-%d into %s", step, last, self.logdir)
+    if not self.active:
+      return contextlib.nullcontext()
+    return jax.profiler.StepTraceAnnotation("train", step_num=step)
+
+  def after(self, step: int, outputs, final: bool = False) -> None:
+    """After ``step`` was dispatched: at the last profiled step (or ``final``,
+    the run's last step), waits for ``outputs`` and stops the trace."""
+    if self.active and (step >= self.steps[1] or final):
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    """Stops a running trace (also when the run ends early or fails)."""
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      self.done = True
+      log.info("profile written to %s", self.logdir)

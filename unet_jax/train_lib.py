@@ -38,7 +38,7 @@ from unet_jax import run_control
 from unet_jax import model as model_lib
 from unet_jax.errors import Interrupted, NonFiniteError, UserInputError
 from unet_jax.losses import weighted_cross_entropy
-from unet_jax.monitoring import NullMonitor, RunMonitor
+from unet_jax.monitoring import NullMonitor, RunMonitor, StepProfiler
 
 log = logging.getLogger(__name__)
 
@@ -452,13 +452,17 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   monitor = (RunMonitor(workdir, config.num_steps, start, primary) if primary_process
              else NullMonitor())
   best = checkpoint.best_score(workdir) if val_data is not None else None
+  profiler = StepProfiler(workdir, config_lib.parse_step_range(config.profile_steps),
+                          jax.process_index())
   pending: list[tuple[int, dict]] = []  # (step, metrics on the device) not yet fetched
   try:
     for step in range(start + 1, config.num_steps + 1):
-      batch = next(data_iter)
-      if mesh is not None:
-        batch = parallel.shard_batch(batch, mesh)
-      state, metrics = train_step(state, batch)
+      with profiler.step(step):
+        batch = next(data_iter)
+        if mesh is not None:
+          batch = parallel.shard_batch(batch, mesh)
+        state, metrics = train_step(state, batch)
+      profiler.after(step, (state, metrics), final=step == config.num_steps)
       pending.append((step, metrics))
       monitor.tick()
       last = step == config.num_steps
@@ -488,6 +492,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
       if stop_now:
         raise Interrupted(stop.signum, step)
   finally:
+    profiler.close()
     monitor.close()
     manager.close()
   return state
