@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50              # metrics.jsonl / TensorBoard / curves.png
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  c.async_checkpoints = "auto"  # auto (GPU/TPU: write in the background; CPU: wait) | on | off
   c.eval_every = 1000           # held-out evaluation (0 = off)
   c.eval_tile_size = 0          # 0 = tile_size
   c.eval_batch_size = 4

@@ -58,10 +58,13 @@ def test_second_train_py_on_a_locked_workdir_exits_2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_and_the_rerun_resumes_bit_identically(tiny_config, tmp_path, signum):
-  """Signal mid-run: checkpoint at the step reached, exit 128+signum; resume = no signal."""
-  overrides = {"eval_every": 0, "checkpoint_every": 100000, "log_every": 1}
+@pytest.mark.parametrize("signum,async_save", [(signal.SIGINT, "off"), (signal.SIGTERM, "on")])
+def test_signal_saves_and_the_rerun_resumes_bit_identically(tiny_config, tmp_path, signum,
+                                                            async_save):
+  """Signal mid-run: checkpoint at the step reached, exit 128+signum; resume = no signal.
+  With background saves too: the run waits for the write before it exits."""
+  overrides = {"eval_every": 0, "checkpoint_every": 100000, "log_every": 1,
+               "async_checkpoints": async_save}
   args = ["train.py", "--config", "configs/tiny.py", "--config.num_steps=100000",
           *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={tmp_path / 'run'}"]
   proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL,

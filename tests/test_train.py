@@ -99,9 +99,12 @@ def test_train_step_compiles_once(tiny_config, tmp_path, monkeypatch):
   assert len(traces) == 2
 
 
-def test_resume_is_bit_identical(tiny_config, tmp_path):
-  """Both the raw parameters and their average (ema_decay > 0)."""
+@pytest.mark.parametrize("async_save", ["off", "on"])
+def test_resume_is_bit_identical(tiny_config, tmp_path, async_save):
+  """Both the raw parameters and their average (ema_decay > 0); checkpoints written
+  while the run waits, and in the background (the next step donates the saved state)."""
   c = tiny_config
+  c.async_checkpoints = async_save
   c.eval_every = 0
   c.ema_decay = 0.5
   c.num_steps = 6
@@ -115,6 +118,13 @@ def test_resume_is_bit_identical(tiny_config, tmp_path):
   raw = [inference.load_for_inference(tmp_path / d, "latest", average=False)[2]["params"]
          for d in ("straight", "split")]
   _assert_trees_equal(*(jax.tree.map(np.asarray, r) for r in raw))
+  # The straight run's step-3 checkpoint, saved while steps 4-6 reused (donated)
+  # the state's buffers, equals the one the split run ended with.
+  saved = config_lib.load_saved(tmp_path / "straight")
+  abstract = train_lib.create_train_state(saved, model_lib.from_config(saved),
+                                          jax.random.PRNGKey(0))
+  at3 = [checkpoint.restore_state(tmp_path / d, abstract, 3) for d in ("straight", "split")]
+  _assert_trees_equal(*(jax.tree.map(np.asarray, a) for a in at3))
   # and training did change the parameters
   assert not np.array_equal(jax.tree.leaves(_init_params(c))[0], jax.tree.leaves(straight)[0])
 
@@ -220,6 +230,17 @@ def test_profile_steps_writes_a_trace_of_exactly_those_steps(tiny_config, tmp_pa
   c.num_steps, c.profile_steps = 6, "2-9"
   train_lib.train_and_evaluate(c, str(tmp_path / "b"))
   assert _profiled_steps(tmp_path / "b") == [4, 5, 6]
+
+
+def test_async_checkpoints_auto_means_accelerators_only(tiny_config):
+  for setting, backend, expected in [("auto", "cpu", False), ("auto", "gpu", True),
+                                     ("auto", "tpu", True), ("on", "cpu", True),
+                                     ("off", "gpu", False)]:
+    tiny_config.async_checkpoints = setting
+    assert config_lib.async_checkpoints(tiny_config, backend) is expected
+  tiny_config.async_checkpoints = "yes"
+  with pytest.raises(UserInputError, match="async_checkpoints"):
+    config_lib.validate(tiny_config)
 
 
 @pytest.mark.parametrize("text", ["5-2", "0-3", "a-b", "3-"])
@@ -385,6 +406,28 @@ def test_plain_logs_without_a_terminal(tmp_path, caplog):
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [2, 4, 6]
   assert rows[0]["loss"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_curves_are_drawn_in_the_background_and_close_waits(tmp_path, monkeypatch):
+  """plot() returns while a drawing is still running; close() waits for all of them,
+  drawn in order, each from the rows logged when it was asked for."""
+  import threading
+  release, drawn = threading.Event(), []
+
+  def slow_save_curves(rows, workdir, primary):
+    released = release.wait(timeout=60)  # a synchronous plot() would sit here
+    drawn.append((len(rows), released))
+
+  monkeypatch.setattr(monitoring, "save_curves", slow_save_curves)
+  monitor = monitoring.RunMonitor(tmp_path, num_steps=4, start_step=0)
+  for step in (2, 4):
+    monitor.update({"loss": 1.0 / step})
+    monitor.write_train(step)
+    monitor.plot()
+  assert drawn == []  # neither drawing has finished, yet the loop went on
+  release.set()
+  monitor.close()
+  assert drawn == [(1, True), (2, True)]
 
 
 def test_curves_show_accuracy_when_there_is_no_validation_split(tmp_path):

@@ -29,18 +29,26 @@ from unet_jax.errors import NonFiniteError, UserInputError
 log = logging.getLogger(__name__)
 
 
-def _options(keep: int) -> ocp.CheckpointManagerOptions:
-  # Synchronous saves: a save finishes before the next (donating) step starts,
-  # and a crash can leave at most an unfinalised temporary directory, which
-  # orbax never lists as a checkpoint.
+def _options(keep: int, async_save: bool = False) -> ocp.CheckpointManagerOptions:
+  # A crash during a save leaves at most an unfinalised temporary directory,
+  # which orbax never lists as a checkpoint. Synchronous: the save is on disk
+  # before the next step starts. Asynchronous: ``save`` returns once the arrays
+  # are copied to host memory (so the next step may donate them: tested), the
+  # write runs in a background thread, and the next save or ``close`` waits for it.
   return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                      enable_async_checkpointing=False)
+                                      enable_async_checkpointing=async_save)
 
 
-def train_manager(workdir: str | pathlib.Path, keep: int = 3) -> ocp.CheckpointManager:
-  """Manager of the periodic checkpoints (train state + data iterator)."""
+def train_manager(workdir: str | pathlib.Path, keep: int = 3,
+                  async_save: bool = False) -> ocp.CheckpointManager:
+  """Manager of the periodic checkpoints (train state + data iterator).
+
+  ``async_save``: write in the background (``config.async_checkpoints``); a crash
+  in the second or so that a write takes then falls back to the previous checkpoint.
+  """
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
-                               options=_options(keep), item_names=("state", "data_iter"))
+                               options=_options(keep, async_save),
+                               item_names=("state", "data_iter"))
 
 
 def best_manager(workdir: str | pathlib.Path) -> ocp.CheckpointManager:
@@ -72,6 +80,10 @@ def _refuse_non_finite(step: int, tree: Any, what: str) -> None:
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) -> None:
   """Saves the train state pytree and the grain iterator position at ``step``.
 
+  With a synchronous manager the checkpoint is on disk when this returns; with
+  an asynchronous one (``train_manager(async_save=True)``) it is being written,
+  and ``manager.close()`` (or the next save) waits for it.
+
   Raises:
     NonFiniteError: if the parameters hold a NaN/Inf (nothing is written).
   """
@@ -79,7 +91,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) 
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
-  manager.wait_until_finished()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

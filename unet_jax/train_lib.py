@@ -433,7 +433,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   data_iter = input_pipeline.make_train_iterator(config, train_data,
                                                  process_index=jax.process_index(),
                                                  process_count=jax.process_count())
-  manager = checkpoint.train_manager(workdir, config.keep_checkpoints)
+  manager = checkpoint.train_manager(
+      workdir, config.keep_checkpoints,
+      async_save=config_lib.async_checkpoints(config, jax.default_backend()))
   restored = checkpoint.restore_latest(manager, state, data_iter)
   start = 0
   if restored is not None:
