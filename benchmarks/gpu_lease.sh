@@ -1,12 +1,13 @@
 #!/bin/bash
 # A short GPU lease, in two commands on the same warm machine:
 #
-#   OUT=/tmp/lease bash benchmarks/gpu_lease.sh bench             # ~4 min
+#   OUT=/tmp/lease bash benchmarks/gpu_lease.sh bench             # ~5 min
 #   OUT=/tmp/lease RATE=<steps/s> bash benchmarks/gpu_lease.sh train 450   # ~7.5 min
 #
 # bench: prints the card and the package versions; a probe of 150 steps of
 #   configs/isbi.py (572 tiles, 64 features, batch 1, fp32, 12 grain workers)
-#   that measures steps/s with the real loader; then benchmarks/gpu.py (jax vs
+#   that measures steps/s with the real loader; what a checkpoint holds up the
+#   loop (benchmarks/checkpoint_cost.py, <= 60 s); then benchmarks/gpu.py (jax vs
 #   torch eager, torch.compile on the batch-8 case) for at most BENCH_SECONDS
 #   (200), writing its table after every case.
 # train SECONDS: trains configs/isbi.py from scratch for as many steps as fit
@@ -66,6 +67,9 @@ print(r[-1]['steps_per_sec'])" 2>/dev/null || echo 0
     RATE=$(probe)
   fi
   say "probe rate: RATE=$RATE steps/s"; tail -3 "$OUT/probe.log"
+  say "checkpoint cost (waiting vs background save, curves.png)"
+  timeout 60 $PY benchmarks/checkpoint_cost.py --config isbi --rounds 3 \
+      --out "$OUT/checkpoint_cost.md" >> "$OUT/probe.log" 2>&1; tail -8 "$OUT/probe.log"
   say "benchmark (at most ${BENCH_SECONDS:-200} s)"
   timeout ${BENCH_SECONDS:-200} $PY benchmarks/gpu.py --reps 10 --warmup 2 --compile_batch 8 \
       --loader_batches 10 ${BENCH_ARGS:-} --out_dir "$OUT" > "$OUT/benchmark.log" 2>&1
