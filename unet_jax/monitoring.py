@@ -18,6 +18,8 @@ are trained again), so the file always describes one consistent run.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -25,9 +27,6 @@ import pathlib
 import shutil
 import sys
 import time
-
-import concurrent.futures
-import contextlib
 
 import jax
 import numpy as np
