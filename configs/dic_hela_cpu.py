@@ -1,6 +1,6 @@
 """DIC-C2DH-HeLa on a CPU: the dic_hela.py setup with a narrower net.
 
-    python train.py --config configs/dic_hela_cpu.py --workdir W        # ~40 min, 2 cores (38-39 min measured)
+    python train.py --config configs/dic_hela_cpu.py --workdir W        # 18 min on 2 quiet cores (31-39 min shared)
     python evaluate.py --workdir W --mode heldout                       # frames 60-83
 
 Same data, instance weight maps (Eq. 2 with separation borders, paper Fig. 3),
@@ -18,7 +18,7 @@ elastic deformation and SGD momentum 0.99 as configs/dic_hela.py, with:
   frames 0-59), instances by seeded watershed (chosen on the same frames);
   frames 60-83 are the held-out report, never used to choose anything.
 
-Held-out SEG (two seeds) and the diagnosis: results/dic_hela_cpu/README.md.
+Held-out SEG (five seeds) and the diagnosis: results/dic_hela_cpu/README.md.
 """
 
 from configs import dic_hela
