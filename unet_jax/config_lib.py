@@ -106,7 +106,7 @@ def async_checkpoints(config: ml_collections.ConfigDict, backend: str) -> bool:
   that a crash loses only the steps since the last save.
   """
   return config.async_checkpoints == "on" or (
-      config.async_checkpoints == "auto" and backend not in ("cpu",))
+      config.async_checkpoints == "auto" and backend != "cpu")
 
 
 def parse_step_range(text: str) -> tuple[int, int] | None:

@@ -377,16 +377,15 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
   The last batch is zero-padded to ``batch_size`` so every call has the same
   shape: one compilation per (model, tile size, batch size), none per image.
   ``on_tiles(done, total)`` is called after every batch (progress of large images).
-  With a ``mesh`` (``inference_mesh``; ``variables`` replicated on it) every
-  call takes ``batch_size`` tiles per device, split over the mesh's devices.
+  With a ``mesh`` (``inference_mesh``; a Flax ``model`` whose ``variables`` are
+  replicated on it) every call takes ``batch_size`` tiles per device, split over
+  the mesh's devices.
 
   Returns:
     float32 probabilities ``[N, out, out, K]``.
   """
-  if mesh is not None and isinstance(model, nn.Module):
+  if mesh is not None:
     batch_size *= mesh.devices.size
-  else:
-    mesh = None
   n = len(tiles)
   starts = range(0, n, batch_size)
   if progress:
