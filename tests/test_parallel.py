@@ -122,6 +122,27 @@ _INFERENCE_SCRIPT = textwrap.dedent("""
     hlo = tiling.predict_sum.lower(model, v, x, tile_size=44, batch_size=5,
                                    views=((0, False),), mesh=mesh).compile().as_text()
     assert "f32[5,44,44,1]" in hlo and "f32[10,44,44,1]" not in hlo, hlo[:2000]
+
+    # predict_images copies the parameters onto the devices once, not once per image.
+    import ml_collections
+    from unet_jax import evaluation
+    moved, replicate = [], parallel.replicate
+    def counting_replicate(tree, m):
+      target = parallel.replicated_sharding(m)
+      leaves = jax.tree_util.tree_leaves(tree)
+      if isinstance(tree, dict) and "params" in tree:  # not the images
+        moved.append(any(not (isinstance(l, jax.Array) and l.sharding == target)
+                         for l in leaves))
+      return replicate(tree, m)
+    parallel.replicate = counting_replicate
+    images = [image, image[:50, :40], image.T]
+    config = ml_collections.ConfigDict(dict(eval_tile_size=44, eval_batch_size=5))
+    probs = evaluation.predict_images(model, variables, images, config)
+    parallel.replicate = replicate
+    for im, p in zip(images, probs):
+      ref = tiling.predict_tiled(model, variables, im, tile_size=44, devices=jax.devices()[:1])
+      np.testing.assert_allclose(p, ref, rtol=0, atol=1e-6)
+    assert moved.count(True) == 1 and len(moved) == 1 + len(images), moved
     print("INFERENCE_OK")
 """)
 

@@ -31,9 +31,10 @@ import re
 import time
 from typing import Any, Sequence
 
+from flax import linen as nn
 import numpy as np
 
-from unet_jax import ctc_format, datasets, instances, metrics, tiling
+from unet_jax import ctc_format, datasets, instances, metrics, parallel, tiling
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, 
     raise ValueError("config.eval_tile_size is 0: pass a resolved config "
                      "(unet_jax.config_lib.resolve)")
   batch = int(config.eval_batch_size)
+  mesh = tiling.inference_mesh() if isinstance(model, nn.Module) else None
+  if mesh is not None:  # several local devices: copy the parameters there once, not per image
+    variables = parallel.replicate(variables, mesh)
   items = images
   if progress:
     from tqdm.auto import tqdm
