@@ -181,6 +181,32 @@ def test_corrupt_latest_checkpoint_falls_back(tiny_config, tmp_path, caplog):
   _assert_trees_equal(_params(tmp_path / "ref"), _params(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("change", ["damaged_position", "more_workers"])
+def test_data_continue_at_the_step_when_the_position_cannot_be_restored(tiny_config, tmp_path,
+                                                                        caplog, change):
+  """A checkpoint whose data-iterator position cannot be restored (a damaged file; a run
+  resumed with grain workers, whose position has another layout) still resumes: the
+  state from the checkpoint, the data from its step. Batch 1, so the batches are the same
+  with or without workers: the run ends bit-identical to an uninterrupted one."""
+  c = tiny_config
+  c.eval_every, c.num_steps, c.checkpoint_every, c.batch_size = 0, 6, 3, 1
+  train_lib.train_and_evaluate(c, str(tmp_path / "ref"))
+  c.num_steps = 3
+  train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  if change == "damaged_position":
+    (position,) = (tmp_path / "run" / "checkpoints" / "3" / "data_iter").glob("process_*.json")
+    position.write_text("{ not json")
+  else:
+    c.num_workers = 2
+  c.num_steps = 6
+  with caplog.at_level("WARNING"):
+    train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  assert any("position of checkpoint 3 was not restored" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert not list((tmp_path / "run" / "checkpoints").glob("*.corrupt"))  # the state was fine
+  _assert_trees_equal(_params(tmp_path / "ref"), _params(tmp_path / "run"))
+
+
 def test_metrics_are_fetched_every_log_every_steps_not_every_step(tiny_config, tmp_path,
                                                                   monkeypatch):
   """No per-step host sync: the loop pulls the steps' metrics to the host in blocks that

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from unet_jax import distributed
 from unet_jax.errors import NonFiniteError, UserInputError
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,27 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) 
       data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
 
 
+class Restored(NamedTuple):
+  """What :func:`restore_latest` found."""
+  state: Any       # the train state
+  step: int        # the step it was saved at
+  data_restored: bool  # False: the caller repositions the data iterator at ``step``
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iter: Any) -> tuple[Any, int] | None:
+                   data_iter: Any) -> Restored | None:
   """Restores the newest readable checkpoint; falls back to older ones.
 
   A corrupt or incomplete newest checkpoint is reported with a warning and the
   previous one is tried, so a crash during a save loses at most one interval.
+  The data-iterator position is restored separately: when it cannot be (a run
+  resumed with another number of processes or grain workers, whose positions
+  are laid out differently, or a damaged position file), the train state is
+  still used and ``data_restored`` is False.
+
+  In a multi-process run every process calls this, and the processes agree on
+  each decision (``distributed.all_agree``): all resume from the same step,
+  and all reposition their data if one of them has to.
 
   Args:
     manager: from :func:`train_manager`.
@@ -106,7 +122,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       giving structure, shapes and dtypes.
     data_iter: grain iterator whose position is restored in place.
   Returns:
-    ``(state, step)``, or None if there is no checkpoint.
+    A :class:`Restored`, or None if there is no checkpoint.
   Raises:
     UserInputError: if checkpoints exist but none can be read (e.g. they come
       from a different architecture).
@@ -114,18 +130,23 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   steps = sorted(manager.all_steps(), reverse=True)
   errors = []
   for step in steps:
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
-      if errors:
-        _set_aside(manager, [s for s, _ in errors])
-        log.warning("resumed from the older checkpoint %d", step)
-      return restored.state, step
-    except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
-      log.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
-                  step, manager.directory, type(e).__name__, str(e).splitlines()[0][:200])
-      errors.append((step, e))
+    state, error = _try_restore(manager, step, state=ocp.args.StandardRestore(abstract_state))
+    if not distributed.all_agree(error is None):
+      log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step,
+                  manager.directory, error or "in another process")
+      errors.append((step, error or "unreadable in another process"))
+      continue
+    if errors:
+      _set_aside(manager, [s for s, _ in errors])
+      log.warning("resumed from the older checkpoint %d", step)
+    _, error = _try_restore(manager, step,
+                            data_iter=grain.checkpoint.CheckpointRestore(data_iter))
+    data_restored = distributed.all_agree(error is None)
+    if not data_restored:
+      log.warning("the data-iterator position of checkpoint %d was not restored (%s); the "
+                  "data continue at step %d instead", step, error or "in another process",
+                  step)
+    return Restored(state.state, step, data_restored)
   if errors:
     raise UserInputError(
         f"none of the checkpoints {steps} in {manager.directory} could be restored "
@@ -134,12 +155,26 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   return None
 
 
+def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
+                 ) -> tuple[Any, str | None]:
+  """``(restored items, None)``, or ``(None, "Type: first line")`` if ``step`` is unreadable."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items)), None
+  except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
+    return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-  """Renames unreadable checkpoints to ``<step>.corrupt`` (kept for inspection)."""
-  for step in steps:
-    path = pathlib.Path(manager.directory) / str(step)
-    if path.exists():
-      path.rename(path.with_name(f"{step}.corrupt"))
+  """Renames unreadable checkpoints to ``<step>.corrupt`` (kept for inspection).
+
+  Process 0 renames (the directory is shared); all reload once it has.
+  """
+  if jax.process_index() == 0:
+    for step in steps:
+      path = pathlib.Path(manager.directory) / str(step)
+      if path.exists():
+        path.rename(path.with_name(f"{step}.corrupt"))
+  distributed.barrier("unet_jax_set_aside")
   manager.reload()
 
 
@@ -147,11 +182,18 @@ def save_best(workdir: str | pathlib.Path, step: int, params: Any, score: dict) 
   """Replaces the best checkpoint with ``params`` and its held-out ``score``."""
   _refuse_non_finite(step, params, "parameters")
   mgr = best_manager(workdir)
+  # The new best is written before the old one is deleted, so a crash in
+  # between never leaves a run without one. A best of a later step (from steps
+  # redone after a resume) goes first: orbax keeps only the newest step.
   for old in mgr.all_steps():
-    mgr.delete(old)
+    if old >= step:
+      mgr.delete(old)
   mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                          score=ocp.args.JsonSave(score)), force=True)
   mgr.wait_until_finished()
+  for old in mgr.all_steps():
+    if old != step:
+      mgr.delete(old)
   mgr.close()
 
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import grain
 import jax
+import numpy as np
 
 from unet_jax.errors import UserInputError
 
@@ -78,6 +79,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_primary() -> bool:
   """True in the process that writes logs, plots and the run's config (process 0)."""
   return jax.process_index() == 0
+
+
+def all_agree(ok: bool) -> bool:
+  """True if ``ok`` is true in every process; a collective: all processes must call it.
+
+  Decisions that change which programs run or what is saved (which checkpoint
+  to resume from, whether to stop) must be the same everywhere, or the
+  processes wait for each other in different collectives until they time out.
+  """
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing to do for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def local_batch_size(global_batch: int, process_count: int | None = None) -> int:

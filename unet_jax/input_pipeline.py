@@ -27,6 +27,7 @@ import hashlib
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Sequence
 
 import grain
@@ -102,9 +103,13 @@ def weights_for(config, data: SegmentationData, *,
       inst = np.where((lab >= 1) & (lab < len(cw)), data.instances[i], 0)
       w = (weight_maps.weight_map(inst, np.zeros(2), config.w0, config.sigma)
            + cw[np.clip(lab, 0, len(cw) - 1)]).astype(np.float32)
-    tmp = paths[i].with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, w)
-    os.replace(tmp, paths[i])  # atomic: parallel runs never see half a file
+    # A unique temporary name (not the pid: processes on different hosts of one
+    # job may share the cache and have the same pid), then an atomic rename:
+    # parallel runs never see half a file.
+    fd, tmp = tempfile.mkstemp(dir=paths[i].parent, prefix=paths[i].stem, suffix=".tmp.npy")
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, w)
+    os.replace(tmp, paths[i])
   return [np.load(p) for p in paths]
 
 
@@ -145,7 +150,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 def make_train_iterator(config, data: SegmentationData, *,
                         weights: Sequence[np.ndarray] | None = None,
-                        process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+                        process_index: int = 0, process_count: int = 1,
+                        start_step: int = 0) -> grain.DatasetIterator:
   """Endless iterator of augmented training batches.
 
   Args:
@@ -156,6 +162,10 @@ def make_train_iterator(config, data: SegmentationData, *,
     process_index, process_count: in a multi-process run, this process reads
       only its block of ``B / process_count`` samples of every global batch
       (``unet_jax.distributed.shard_dataset``).
+    start_step: the first batch is the one of this (0-based) step: the data
+      position of a run resumed at that step, whatever the number of processes
+      or workers that wrote its checkpoint. Every sample depends only on the
+      seed and its index, so the batches are those an uninterrupted run reads.
   Returns:
     A grain ``DatasetIterator`` (``get_state()``/``set_state()``) yielding
     ``{"image": float32 [B, T, T, C], "label": int32 [B, O, O],
@@ -177,6 +187,8 @@ def make_train_iterator(config, data: SegmentationData, *,
         .random_map(sampler))
   ds = distributed.shard_dataset(ds, batch, process_index, process_count)
   batch //= process_count
+  if start_step:
+    ds = ds[start_step * batch:]  # lazy; the elements keep their indices, hence their samples
   ds = ds.to_iter_dataset(_read_options(batch)).batch(batch)
   if int(config.num_workers) > 0:
     _ensure_absl_flags_parsed()

@@ -52,20 +52,23 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
   """Places a batch (a pytree of ``[B, ...]`` arrays) with B split over the mesh.
 
-  On one host ``batch`` is the global batch. With several processes
-  (``jax.process_count() > 1``) each process passes its local share,
-  ``[B / process_count, ...]``, and gets back global arrays of ``[B, ...]``.
+  On one host ``batch`` is the global batch. When the mesh spans P processes
+  each process passes its local share, ``[B / P, ...]``, and gets back global
+  arrays of ``[B, ...]``; a mesh of this process's own devices takes the whole batch.
 
   Raises:
     ValueError: if the (global) batch size is not a multiple of the mesh size.
   """
   sharding = batch_sharding(mesh)
   n = mesh.devices.size
-  multi = jax.process_count() > 1
+  # The processes the mesh spans, not jax.process_count(): a mesh of this
+  # process's own devices (e.g. inference's) takes the whole batch here.
+  processes = len({d.process_index for d in mesh.devices.flat})
+  multi = processes > 1
 
   def put(x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
-    global_b = x.shape[0] * (jax.process_count() if multi else 1)
+    global_b = x.shape[0] * processes
     if global_b % n:
       raise ValueError(f"batch size {global_b} is not a multiple of the {n} devices "
                        f"of the mesh; use a batch size divisible by {n}")

@@ -439,8 +439,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   restored = checkpoint.restore_latest(manager, state, data_iter)
   start = 0
   if restored is not None:
-    state, start = restored
+    state, start = restored.state, restored.step
     log.info("resumed from checkpoint step %d in %s", start, workdir)
+    if not restored.data_restored:  # e.g. resumed with another number of processes
+      data_iter = input_pipeline.make_train_iterator(
+          config, train_data, process_index=jax.process_index(),
+          process_count=jax.process_count(), start_step=start)
   else:
     log.info("no checkpoint in %s: starting from scratch (%d parameters)",
              workdir, param_count(state.params))
@@ -511,10 +515,13 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
                                      val_data, config, progress=False)
   monitor.write_eval(step, scores)
   value = float(scores[primary])
-  if jax.process_count() > 1:
+  improved = best is None or value > best.get(primary, -np.inf)
+  if jax.process_count() > 1:  # process 0 decides, so that all join the same save
     from jax.experimental import multihost_utils
-    value = float(multihost_utils.broadcast_one_to_all(np.float32(value)))
-  if best is None or value > best.get(primary, -np.inf):
+    value, improved = multihost_utils.broadcast_one_to_all((np.float32(value),
+                                                            np.bool_(improved)))
+    value, improved = float(value), bool(improved)
+  if improved:
     best = {k: float(v) for k, v in scores.items() if np.isscalar(v)}
     best.update({"step": step, primary: value})
     try:
