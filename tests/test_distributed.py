@@ -56,6 +56,13 @@ def test_cluster_detection_and_flags():
     distributed.initialize("localhost:1234", None, None)
   with pytest.raises(UserInputError, match="process_id=2"):
     distributed.initialize("localhost:1234", 2, 2)
+  # evaluate.py's question, asked without joining the job
+  assert distributed.launch_index(environ={}) == 0
+  assert distributed.launch_index("h:1", 2, 1, environ={}) == 1
+  assert distributed.launch_index(environ=dict(slurm, SLURM_PROCID="1")) == 1
+  assert distributed.launch_index(environ=dict(slurm, SLURM_PROCID="1", SLURM_NTASKS="1")) == 0
+  with pytest.raises(UserInputError, match="all three"):
+    distributed.launch_index(None, 2, None, environ={})
 
 
 def _free_port() -> int:
@@ -64,12 +71,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, args, logs):
+def _launch(workdir, args, logs, script="train.py"):
   """Starts the 2 processes of one run; their stderr goes to ``logs[i]``."""
   port = _free_port()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   return [subprocess.Popen(
-      [sys.executable, "train.py", *args, f"--workdir={workdir}",
+      [sys.executable, script, *args, f"--workdir={workdir}",
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
           for i in range(2)]
@@ -176,3 +183,97 @@ def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
   scores = evaluation.evaluate_split(model, variables, datasets.load_split(config, "val"),
                                      config)
   assert scores[primary] == pytest.approx(best[primary], abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes(
+    one_process_run, tmp_path):
+  """A SIGTERM to process 1 alone (a cluster's preemption notice) makes both processes save
+  one checkpoint after the same step and exit 143. The run then resumes in ONE process:
+  the data position of two processes cannot be restored there, so the data continue at
+  the checkpoint's step, and every logged loss equals the uninterrupted 1-process run."""
+  steps = _STEPS
+  ref, _ = one_process_run
+  args = ["--config=configs/tiny.py", "--config.batch_size=2", f"--config.num_steps={steps}",
+          "--config.eval_every=0", "--config.log_every=1", "--config.checkpoint_every=1000"]
+  work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
+  procs = _launch(work, args, logs)
+  deadline = time.time() + 1800
+  while time.time() < deadline and len(_train_rows(work)) < 3 and procs[0].poll() is None:
+    time.sleep(0.02)
+  procs[1].send_signal(signal.SIGTERM)
+  codes = [p.wait(timeout=1800) for p in procs]
+  assert codes == [143, 143], [log.read_text()[-2000:] for log in logs]
+  saved = [int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < steps, saved  # one save, at the agreed step
+  assert sorted(r["step"] for r in _train_rows(work)) == list(range(1, saved[0] + 1))
+
+  proc = subprocess.run([sys.executable, "train.py", *args, f"--workdir={work}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=1800)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resumed from checkpoint step {saved[0]}" in proc.stderr
+  assert f"data continue at step {saved[0]}" in proc.stderr
+  after = {r["step"]: r["loss"] for r in _train_rows(work)}
+  assert sorted(after) == list(range(1, steps + 1))
+  np.testing.assert_allclose([after[s] for s in sorted(after)], [ref[s] for s in sorted(ref)],
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_both_processes_reposition_the_data_when_one_cannot_restore_its_position(
+    one_process_run, tmp_path):
+  """Process 1's data position of the newest checkpoint is damaged: the processes agree,
+  both take the state of that checkpoint and continue the data at its step (no process
+  falls back alone), and the losses equal the 1-process run."""
+  ref, _ = one_process_run
+  args = ["--config=configs/tiny.py", "--config.batch_size=2", "--config.eval_every=0",
+          "--config.log_every=1", "--config.checkpoint_every=4"]
+  work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
+  for p, log in zip(_launch(work, [*args, "--config.num_steps=8"], logs), logs):
+    assert p.wait(timeout=1800) == 0, log.read_text()[-2000:]
+  (work / "checkpoints" / "8" / "data_iter" / "process_1-of-2.json").write_text("{ damaged")
+  procs = _launch(work, [*args, f"--config.num_steps={_STEPS}"], logs)
+  for p, log in zip(procs, logs):
+    assert p.wait(timeout=1800) == 0, log.read_text()[-2000:]
+  for log in logs:
+    text = log.read_text()
+    assert "resumed from checkpoint step 8" in text and "data continue at step 8" in text, \
+        text[-2000:]
+  after = {r["step"]: r["loss"] for r in _train_rows(work)}
+  assert sorted(after) == list(range(1, _STEPS + 1))
+  np.testing.assert_allclose([after[s] for s in sorted(after)], [ref[s] for s in sorted(ref)],
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_a_workdir_in_use_stops_both_processes(tmp_path):
+  """Process 0 cannot take the workdir's lock (another training holds it): both processes
+  exit 2 with one line each, instead of process 1 waiting for process 0 in a collective."""
+  from unet_jax import run_control
+
+  work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
+  work.mkdir()
+  args = ["--config=configs/tiny.py", "--config.batch_size=2", "--config.num_steps=4"]
+  with run_control.WorkdirLock(work):  # held by this (live) process
+    procs = _launch(work, args, logs)
+    codes = [p.wait(timeout=600) for p in procs]
+  assert codes == [2, 2], [log.read_text()[-2000:] for log in logs]
+  assert "in use by another training" in logs[0].read_text()
+  assert "process 0 could not take the workdir's lock" in logs[1].read_text()
+  assert "Traceback" not in logs[0].read_text() + logs[1].read_text()
+  assert not (work / "checkpoints").exists() or not any((work / "checkpoints").iterdir())
+
+
+def test_evaluate_runs_in_process_0_only(tmp_path):
+  """evaluate.py launched as process 1 of 2 exits 0 at once (nothing written), before it
+  looks at its inputs or touches a device."""
+  proc = subprocess.run(
+      [sys.executable, "evaluate.py", f"--workdir={tmp_path / 'missing'}",
+       "--coordinator_address=localhost:1", "--num_processes=2", "--process_id=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "runs in process 0 only" in proc.stdout
+  assert not (tmp_path / "missing").exists()

@@ -114,7 +114,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
 
   In a multi-process run every process calls this, and the processes agree on
   each decision (``distributed.all_agree``): all resume from the same step,
-  and all reposition their data if one of them has to.
+  and all reposition their data if one of them has to. (A state that only
+  some processes can read makes the others wait at orbax's barrier until it
+  times out before they agree to try the previous checkpoint.)
 
   Args:
     manager: from :func:`train_manager`.
@@ -139,13 +141,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     if errors:
       _set_aside(manager, [s for s, _ in errors])
       log.warning("resumed from the older checkpoint %d", step)
-    _, error = _try_restore(manager, step,
-                            data_iter=grain.checkpoint.CheckpointRestore(data_iter))
-    data_restored = distributed.all_agree(error is None)
+    data_restored = distributed.all_agree(_restore_position(manager, step, data_iter))
     if not data_restored:
-      log.warning("the data-iterator position of checkpoint %d was not restored (%s); the "
-                  "data continue at step %d instead", step, error or "in another process",
-                  step)
+      log.warning("the data-iterator position of checkpoint %d was not restored (in this "
+                  "or another process); the data continue at step %d instead", step, step)
     return Restored(state.state, step, data_restored)
   if errors:
     raise UserInputError(
@@ -162,6 +161,23 @@ def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
     return manager.restore(step, args=ocp.args.Composite(**items)), None
   except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _restore_position(manager: ocp.CheckpointManager, step: int, data_iter: Any) -> bool:
+  """Restores this process's data-iterator position of ``step``; False if it cannot.
+
+  grain's own handler, called directly: through the manager a failure in one
+  process would skip orbax's closing barrier, where the others then wait.
+  """
+  directory = pathlib.Path(manager.directory) / str(step) / "data_iter"
+  try:
+    grain.checkpoint.CheckpointHandler().restore(
+        directory, args=grain.checkpoint.CheckpointRestore(data_iter))
+    return True
+  except Exception as e:  # noqa: BLE001 - another layout (processes, workers) or a damaged file
+    log.warning("the data-iterator position in %s is unusable here (%s: %s)", directory,
+                type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    return False
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:

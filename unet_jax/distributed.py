@@ -25,6 +25,7 @@ run is the ordinary single-process one.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -33,6 +34,8 @@ import jax
 import numpy as np
 
 from unet_jax.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 
 def cluster_detected(environ: dict[str, str] | None = None) -> bool:
@@ -61,19 +64,50 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   Raises:
     UserInputError: if only some of the three are given or they are out of range.
   """
-  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
-  if not any(given) and not cluster_detected():
+  if not _check_flags(coordinator_address, num_processes, process_id):
     return False
+  # XLA:CPU needs a collectives library for cross-process all-reduce; gloo
+  # talks TCP. Other backends ignore this option.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  # JAX gives each process of a SLURM job one device (SLURM_LOCALID) unless
+  # JAX_LOCAL_DEVICE_IDS says otherwise: the count here shows which it was.
+  log.info("process %d of %d: %d local devices (%s), %d in all", jax.process_index(),
+           jax.process_count(), jax.local_device_count(), jax.local_devices()[0].device_kind,
+           jax.device_count())
+  return True
+
+
+def _check_flags(coordinator_address: str | None, num_processes: int | None,
+                 process_id: int | None, environ: dict[str, str] | None = None) -> bool:
+  """True for a multi-process launch (the flags, or a cluster JAX detects); checks the flags."""
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
     raise UserInputError("give all three of --coordinator_address, --num_processes and "
                          "--process_id (or none, on a cluster that JAX detects)")
   if all(given) and not 0 <= process_id < num_processes:
     raise UserInputError(f"--process_id={process_id} must be in [0, {num_processes})")
-  # XLA:CPU needs a collectives library for cross-process all-reduce; gloo
-  # talks TCP. Other backends ignore this option.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  return True
+  return all(given) or cluster_detected(environ)
+
+
+def launch_index(coordinator_address: str | None = None, num_processes: int | None = None,
+                 process_id: int | None = None,
+                 environ: dict[str, str] | None = None) -> int:
+  """This process's index in a multi-process launch, without joining it; 0 for one process.
+
+  For programs that run in one process only (``evaluate.py``): the others
+  learn that they have nothing to do before they touch a device. The flags as
+  for :func:`initialize`; else the cluster's rank (SLURM, Open MPI).
+  """
+  env = os.environ if environ is None else environ
+  if not _check_flags(coordinator_address, num_processes, process_id, env):
+    return 0
+  if process_id is not None:
+    return process_id
+  for rank in ("SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+    if env.get(rank, "").isdigit():
+      return int(env[rank])
+  return 0
 
 
 def is_primary() -> bool:

@@ -12,7 +12,9 @@ batch schedulers, ``docker stop``) into a request that the training loop
 honours after the current step: it writes a checkpoint (train state and data
 iterator position) and raises :class:`unet_jax.errors.Interrupted`, so that re-running the
 same command resumes at exactly that step. A second Ctrl-C aborts at once
-(the last checkpoint is kept).
+(the last checkpoint is kept). With several processes :class:`StopTogether`
+does the same for SIGTERM (a cluster's preemption notice), in step across
+all processes.
 """
 
 from __future__ import annotations
@@ -119,7 +121,42 @@ class NoStop:
   signum = None
   requested = False
 
+  def check(self, step: int) -> bool:
+    del step
+    return False
+
   def __enter__(self) -> "NoStop":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    return None
+
+
+class StopTogether:
+  """Several processes: a SIGTERM to any of them stops all after the same step.
+
+  JAX's preemption service (started by ``jax.distributed.initialize``) catches
+  SIGTERM in every process and spreads the notice; ``check`` then turns true
+  in all processes at the same step (``reached_preemption_sync_point``), so
+  they save one checkpoint collectively and exit 143. SIGINT keeps its default
+  action: a Ctrl-C reaches one process only, and the others could not join
+  its save. ``check`` must be called at every step, by every process.
+  """
+  signum = signal.SIGTERM
+
+  def __init__(self):
+    self.requested = False
+
+  def check(self, step: int) -> bool:
+    if not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+      if self.requested:
+        print(f"\nSIGTERM: all processes stop after step {step} and save a checkpoint",
+              file=sys.stderr, flush=True)
+    return self.requested
+
+  def __enter__(self) -> "StopTogether":
     return self
 
   def __exit__(self, *exc) -> None:
@@ -141,6 +178,11 @@ class StopOnSignal:
   @property
   def requested(self) -> bool:
     return self.signum is not None
+
+  def check(self, step: int) -> bool:
+    """Whether to save and stop after ``step``."""
+    del step
+    return self.requested
 
   def _handle(self, signum, frame) -> None:
     del frame

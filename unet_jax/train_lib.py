@@ -403,13 +403,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   config_lib.validate(config)
   workdir = prepare_workdir(workdir)
   primary_process = distributed.is_primary()
-  # One training per workdir (process 0 holds the lock); Ctrl-C / SIGTERM save a
-  # checkpoint after the current step. In a multi-process run every process
-  # must save collectively, so there a signal keeps its default action.
-  lock = run_control.WorkdirLock(workdir) if primary_process else contextlib.nullcontext()
-  stop = run_control.StopOnSignal() if jax.process_count() == 1 else run_control.NoStop()
-  with lock, stop:
+  with contextlib.ExitStack() as stack:
+    # One training per workdir: process 0 holds the lock, and all processes
+    # stop if it cannot take it (rather than wait for it in a collective).
+    lock_error = None
+    if primary_process:
+      try:
+        stack.enter_context(run_control.WorkdirLock(workdir))
+      except UserInputError as e:
+        lock_error = e
+    if not distributed.all_agree(lock_error is None):
+      raise lock_error or UserInputError(
+          f"{workdir}: process 0 could not take the workdir's lock (its message says why)")
+    # Ctrl-C / SIGTERM save a checkpoint after the current step; with several
+    # processes SIGTERM does, after a step they agree on.
+    stop = stack.enter_context(run_control.StopOnSignal() if jax.process_count() == 1
+                               else _stop_together())
     return _train(config, workdir, stop, primary_process)
+
+
+def _stop_together():
+  """``StopTogether``, or ``NoStop`` if JAX's preemption service is off."""
+  if not jax.config.jax_enable_preemption_service:
+    log.warning("JAX's preemption service is off (jax_enable_preemption_service): a "
+                "SIGTERM kills the processes without a checkpoint")
+    return run_control.NoStop()
+  return run_control.StopTogether()
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
@@ -475,7 +494,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
       log_now = step % config.log_every == 0 or last
       save_now = step % config.checkpoint_every == 0 or last
       eval_now = val_data is not None and (step % config.eval_every == 0 or last)
-      stop_now = stop.requested
+      stop_now = stop.check(step)
       save_now = save_now or stop_now
       if not (log_now or save_now or eval_now):
         continue
