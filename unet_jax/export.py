@@ -26,6 +26,7 @@ formulations used in training up to float summation order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -34,7 +35,7 @@ import pathlib
 import shutil
 import time
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -47,6 +48,12 @@ INPUT_ID = "raw"
 OUTPUT_ID = "probabilities"
 META_PREFIX = "unet_jax."
 EXPORT_PACKAGES = ("jax2onnx", "onnx", "onnxruntime")
+# requirements-export.txt cannot hold jax2onnx: it has to be installed without its
+# dependencies (see that file), so the hint names both steps.
+INSTALL_HINT = ("run `make export-deps`, or: pip install -r requirements-export.txt && "
+                "pip install --no-deps jax2onnx==0.17.1")
+# The logger on which jax2onnx reports plugins it could not import.
+JAX2ONNX_PLUGIN_LOGGER = "jax2onnx.plugins.plugin_system"
 
 UNET_CITATION = {
     "text": ("Ronneberger O., Fischer P., Brox T. U-Net: Convolutional Networks for "
@@ -108,8 +115,7 @@ def require_export_packages() -> None:
   import importlib.util
   missing = [p for p in EXPORT_PACKAGES if importlib.util.find_spec(p) is None]
   if missing:
-    raise UserInputError(f"missing package(s) {', '.join(missing)}: "
-                         "pip install -r requirements-export.txt")
+    raise UserInputError(f"missing package(s) {', '.join(missing)}: {INSTALL_HINT}")
 
 
 # --------------------------------------------------------------------------
@@ -174,6 +180,57 @@ def probability_function(model, variables: Any):
   return fn
 
 
+class _MissingPluginFilter(logging.Filter):
+  """Drops jax2onnx's reports of plugins whose optional package is not installed.
+
+  On its first conversion jax2onnx imports every plugin module it ships,
+  including examples for equinox and dm_pix, and logs a warning with a full
+  traceback for each that fails: about 50 tracebacks for packages this
+  export never uses. Only failures of that kind (``ModuleNotFoundError``) are
+  dropped, and kept in ``skipped`` (plugin module -> missing package); every
+  other record passes.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.skipped: dict[str, str] = {}
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, ModuleNotFoundError) and str(record.msg).startswith("Skipping"):
+      module = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+      self.skipped[str(module)] = str(exc.name)
+      return False
+    return True
+
+  def summary(self) -> str:
+    """E.g. "27 plugin module(s) that need the missing package(s) dm_pix, equinox"."""
+    return (f"{len(self.skipped)} plugin module(s) that need the missing package(s) "
+            f"{', '.join(sorted(set(self.skipped.values())))}")
+
+
+@contextlib.contextmanager
+def quiet_missing_plugins() -> Iterator[_MissingPluginFilter]:
+  """Silences jax2onnx's missing-optional-plugin warnings inside the block.
+
+  If the block raises, the skipped plugins are logged in one line, in case
+  the conversion needed one of them.
+  """
+  logger = logging.getLogger(JAX2ONNX_PLUGIN_LOGGER)
+  quiet = _MissingPluginFilter()
+  logger.addFilter(quiet)
+  try:
+    yield quiet
+  except Exception:
+    if quiet.skipped:
+      log.warning("jax2onnx skipped %s: %s", quiet.summary(), ", ".join(sorted(quiet.skipped)))
+    raise
+  finally:
+    logger.removeFilter(quiet)
+    if quiet.skipped:
+      log.debug("jax2onnx skipped %s", quiet.summary())
+
+
 def _check_runs(proto, in_channels: int, shapes: list[tuple[int, int, int]]) -> None:
   """Runs the graph with onnxruntime on zeros ``[B, H, W, C]``; raises if it fails."""
   import onnxruntime as ort
@@ -204,26 +261,28 @@ def to_onnx(model, variables: Any, in_channels: int, path: pathlib.Path, *,
   fn = probability_function(model, variables)
   lo, step = size_rule(model.depth)
   proto = None
-  if fixed_tile is None:
-    # Batch and sides symbolic; the constraint keeps every cropped side >= min.
-    b, h, w = jax_export.symbolic_shape("b, h, w", constraints=(f"h >= {lo}", f"w >= {lo}"))
-    try:
-      proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((b, h, w, in_channels), jnp.float32)],
-                               model_name="unet", opset=OPSET, input_names=[INPUT_ID],
-                               output_names=[OUTPUT_ID])
-      _check_runs(proto, in_channels, [(1, lo, lo), (2, lo, lo + 3 * step)])
-    except Exception as e:  # the fallback below is declared in the package
-      proto = None
-      log.warning("symbolic-size ONNX export failed (%s); exporting a fixed tile size",
-                  str(e).splitlines()[0][:200])
-      fixed_tile = int((metadata or {}).get("tile", 0)) or None
-      if fixed_tile is None:
-        raise
-  if proto is None:
-    b, = jax_export.symbolic_shape("b")
-    proto = jax2onnx.to_onnx(
-        fn, [jax.ShapeDtypeStruct((b, fixed_tile, fixed_tile, in_channels), jnp.float32)],
-        model_name="unet", opset=OPSET, input_names=[INPUT_ID], output_names=[OUTPUT_ID])
+  with quiet_missing_plugins() as quiet:
+    if fixed_tile is None:
+      # Batch and sides symbolic; the constraint keeps every cropped side >= min.
+      b, h, w = jax_export.symbolic_shape("b, h, w", constraints=(f"h >= {lo}", f"w >= {lo}"))
+      try:
+        proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((b, h, w, in_channels), jnp.float32)],
+                                 model_name="unet", opset=OPSET, input_names=[INPUT_ID],
+                                 output_names=[OUTPUT_ID])
+        _check_runs(proto, in_channels, [(1, lo, lo), (2, lo, lo + 3 * step)])
+      except Exception as e:  # the fallback below is declared in the package
+        proto = None
+        skipped = f"; jax2onnx skipped {quiet.summary()}" if quiet.skipped else ""
+        log.warning("symbolic-size ONNX export failed (%s)%s; exporting a fixed tile size",
+                    str(e).splitlines()[0][:200], skipped)
+        fixed_tile = int((metadata or {}).get("tile", 0)) or None
+        if fixed_tile is None:
+          raise
+    if proto is None:
+      b, = jax_export.symbolic_shape("b")
+      proto = jax2onnx.to_onnx(
+          fn, [jax.ShapeDtypeStruct((b, fixed_tile, fixed_tile, in_channels), jnp.float32)],
+          model_name="unet", opset=OPSET, input_names=[INPUT_ID], output_names=[OUTPUT_ID])
   meta = dict(metadata or {}, fixed_tile=fixed_tile or 0)
   for key, value in meta.items():
     entry = proto.metadata_props.add()
@@ -326,6 +385,156 @@ def _score_text(score: dict | None) -> str:
   return "Validation score of the exported checkpoint" + at + ": " + ", ".join(parts) + "."
 
 
+def _instance_params(config):
+  """The run's ``instances.InstanceParams`` (the defaults where the config has none)."""
+  from unet_jax import instances
+  if config.get("instances") is None:
+    return instances.InstanceParams()
+  return instances.InstanceParams.from_config(config)
+
+
+def instance_text(config, name: str) -> str:
+  """The package README's section on how this run makes instances from the output.
+
+  States the rule of ``config.instances`` with its parameters, its core in
+  SciPy/scikit-image calls, and the unet_jax calls that reproduce it exactly.
+  """
+  q = _instance_params(config)
+  head = "## From probabilities to instances\n\n"
+  if int(config.num_classes) != 2:
+    return head + (
+        "Each pixel takes its most probable class; the instances are the 4-connected "
+        "components of the pixels whose class is not 0 (what `evaluate.py --mode predict` "
+        "writes as labels).\n")
+  exact = (f'instances.InstanceParams(method="{q.method}", threshold={q.threshold}, '
+           f"seed_threshold={q.seed_threshold}, seed_radius={q.seed_radius}, "
+           f"min_size={q.min_size}, fill_gaps={q.fill_gaps})")
+  p1 = f"channel 1 (`{channel_names(config)[1]}`)"
+  tail = []
+  if q.min_size > 1:
+    tail.append(f"objects smaller than {q.min_size} px are removed")
+  if q.fill_gaps:
+    tail.append("every background pixel with two different objects within 2 px (the "
+                "separation border that the training labels leave between touching cells) "
+                "goes to the nearest object")
+  if q.method == "watershed":
+    seed_t = max(q.seed_threshold, q.threshold)
+    erode = (f", eroded by a disk of radius {q.seed_radius} px (so that a thin bridge of "
+             "confident pixels does not join two seeds)" if q.seed_radius > 0 else "")
+    small_seeds = (f"; seeds smaller than {q.min_size} px are dropped" if q.min_size > 1
+                   else "")
+    steps = [f"cell mask: {p1} > {q.threshold}",
+             f"seeds: the 4-connected components of {p1} > {seed_t}{erode}{small_seeds}",
+             "a watershed of 1 - p from the seeds, within the cell mask (4-connectivity); "
+             "parts of the mask that hold no seed become objects of their own"] + tail
+    rule = (f"This run makes instances with a **seeded watershed**\n(`config.instances.method"
+            f' = "watershed"`: threshold {q.threshold}, seed threshold {q.seed_threshold},\n'
+            f"seed radius {q.seed_radius} px, min size {q.min_size} px, fill gaps "
+            f"{q.fill_gaps}):")
+    erosion = (f"ndimage.binary_erosion(p > {seed_t}, structure=disk({q.seed_radius}))"
+               if q.seed_radius > 0 else f"p > {seed_t}")
+    core = f"""```python
+from scipy import ndimage
+from skimage.morphology import disk
+from skimage.segmentation import watershed
+
+p = probs[..., 1]  # probs: the output [y, x, channel] of one image
+seeds, _ = ndimage.label({erosion})  # step 2
+labels = watershed(1 - p, markers=seeds, mask=p > {q.threshold}, connectivity=1)  # step 3
+```"""
+  else:
+    steps = [f"cell mask: {p1} > {q.threshold}",
+             "the 4-connected components of the mask are the objects"] + tail
+    rule = (f"This run makes instances with the paper's rule, **threshold and connected\n"
+            f'components** (`config.instances.method = "components"`: threshold '
+            f"{q.threshold},\nmin size {q.min_size} px, fill gaps {q.fill_gaps}):")
+    core = f"""```python
+from scipy import ndimage
+
+p = probs[..., 1]  # probs: the output [y, x, channel] of one image
+labels, n = ndimage.label(p > {q.threshold})  # steps 1-2 (4-connected)
+```"""
+  listing = "\n".join(f"{i}. {step};" for i, step in enumerate(steps, 1))[:-1] + "."
+  return f"""{head}{rule}
+
+{listing}
+
+The core of it in SciPy / scikit-image:
+
+{core}
+
+All steps exactly, with unet_jax installed (`unet_jax/instances.py`):
+
+```python
+from unet_jax import instances
+labels = instances.from_probability(p, {exact})
+```
+
+or, for image files (it reads the rule from the ONNX metadata and writes `*_labels.tif`):
+
+```bash
+python evaluate.py --onnx {name}.onnx --mode predict --input IMAGES/ --out PREDS/ \\
+  --threshold {q.threshold}
+```
+"""
+
+
+def python_text(name: str, depth: int, fixed_tile: int | None) -> str:
+  """The package README's recipe for Python and napari: a prediction aligned with the image.
+
+  ``bioimageio.core.predict`` takes only valid sizes and returns an output
+  ``2 * border`` px smaller; its block-wise tiling (``blocksize_parameter``)
+  fails on outputs smaller than their input (0.11). So the recipe mirror-pads
+  the image to a valid size and crops, as one tile; tests/test_export.py runs it.
+  """
+  from unet_jax import model as model_lib
+  lo, step = size_rule(depth)
+  b = model_lib.border(depth)
+  helper = f"""With unet_jax installed, `onnx_predict.segment_image` runs overlapping tiles
+through onnxruntime (any image size, bounded memory) and also makes the instances of the
+rule above:
+
+```python
+from unet_jax import onnx_predict
+probs, labels = onnx_predict.segment_image("{name}.onnx", img)  # [y, x, K], [y, x]
+viewer.add_image(probs[..., 1], name="p(cell)")  # napari
+viewer.add_labels(labels, name="cells")
+```
+"""
+  if fixed_tile is not None:
+    return f"""## Python and napari
+
+This package takes {fixed_tile} x {fixed_tile} px tiles only, so
+`bioimageio.core.predict` runs only on inputs of exactly that size.
+
+{helper}"""
+  return f"""## Python and napari
+
+`bioimageio.core.predict` runs this package only on sizes {lo} + {step}·k and returns
+an output {2 * b} px smaller, so it is not aligned with the image, and its block-wise
+tiling (`blocksize_parameter`) fails on outputs smaller than their input
+(bioimageio.core 0.11). Mirror-pad the image to a valid size and crop
+(`img`: `[y, x]` or `[y, x, channel]`, e.g. `viewer.layers[0].data` in napari; the
+whole image is one tile, so memory grows with its size):
+
+```python
+import numpy as np
+import bioimageio.core
+
+b, lo, step = {b}, {lo}, {step}  # px lost per side; valid input sides lo + k * step
+x = np.asarray(img, np.float32)
+x = x[..., None] if x.ndim == 2 else x
+x = (x - x.mean((0, 1))) / np.maximum(x.std((0, 1)), 1e-6)  # the declared preprocessing
+h, w = x.shape[:2]
+side = lambda n: lo + max(0, -(-(n + 2 * b - lo) // step)) * step  # valid side >= n + 2b
+x = np.pad(x, ((b, side(h) - h - b), (b, side(w) - w - b), (0, 0)), mode="reflect")
+out = bioimageio.core.predict(model="{name}.zip", inputs=x[None], skip_preprocessing=True)
+probs = out.members["probabilities"].data.to_numpy()[0, :h, :w]  # [y, x, K], aligned with img
+```
+
+{helper}"""
+
+
 def _documentation(config, name: str, score: dict | None, which: str, fixed_tile: int | None,
                    test_source: str, diff: float, cites: list[dict]) -> str:
   from unet_jax import model as model_lib
@@ -355,9 +564,11 @@ with unet_jax (JAX/Flax) and exported to ONNX (opset {OPSET}) with jax2onnx.
   offset of -{2 * b}). To segment a large image, cut overlapping input tiles whose
   centres advance by a multiple of {step} px and keep each tile's output (overlap-tile
   strategy, paper Fig. 2); mirror-pad the image by {b} px at its borders.
-- Class 1 is "cell" (cell interior for ISBI-like data): threshold channel 1 at 0.5
-  and take connected components for instances.
+- Class 1 is "cell" (cell interior for ISBI-like data). How this run turns it into
+  instances is below.
 
+{instance_text(config, name)}
+{python_text(name, depth, fixed_tile)}
 ## Training
 
 Trained on {data}; training images {config.get('train_indices') or 'all'},

@@ -5,6 +5,10 @@ takes one (``tiling.predict_tiled``, ``predict.predict_files``): it carries
 the net's ``depth``/``features``/``num_classes``/``in_channels`` (read from the
 graph's metadata) and maps a batch of normalised tiles ``[B, T, T, C]`` to
 softmax probabilities ``[B, T - 2 * border, T - 2 * border, K]``.
+
+``predict_image`` and ``segment_image`` do the whole job for one image in
+Python (e.g. in napari's console): overlap tiles in, probabilities aligned
+with the image (and the run's instances) out.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ class OnnxUNet:
     try:
       import onnxruntime as ort
     except ImportError:
-      raise UserInputError("--onnx needs onnxruntime: pip install -r requirements-export.txt"
-                           ) from None
+      # onnxruntime is in requirements-export.txt; the hint is the export's,
+      # which also installs jax2onnx (the .onnx file was written with it).
+      from unet_jax.export import INSTALL_HINT
+      raise UserInputError(f"--onnx needs onnxruntime: {INSTALL_HINT}") from None
     self.path = pathlib.Path(path)
     if not self.path.is_file():
       raise UserInputError(f"--onnx {self.path} not found: pass the .onnx file written by "
@@ -79,3 +85,60 @@ class OnnxUNet:
       raise UserInputError(f"{self.path.name} takes {self.fixed_tile}-px tiles only; "
                            f"pass --tile_size {self.fixed_tile}")
     return self._session.run(None, {self._input: tiles})[0]
+
+
+def _as_model(model: OnnxUNet | str | pathlib.Path) -> OnnxUNet:
+  return model if isinstance(model, OnnxUNet) else OnnxUNet(model)
+
+
+def predict_image(model: OnnxUNet | str | pathlib.Path, image: np.ndarray, *,
+                  tile_size: int | None = None, tta: bool = False) -> np.ndarray:
+  """Softmax probabilities of a raw image of any size, aligned with it.
+
+  The overlap-tile inference of ``evaluate.py --onnx`` (paper Fig. 2): the
+  image is normalised as in training, mirror-padded by the border and cut
+  into tiles (``tiling.predict_tiled``), so pixel (y, x) of the result is
+  the prediction for pixel (y, x) of the image.
+
+  Args:
+    model: an ``OnnxUNet`` or the path of a ``.onnx`` file from ``unet_jax.export``.
+    image: raw ``[H, W]`` or ``[H, W, C]``, any numeric dtype and size.
+    tile_size: input tile side; None = the run's evaluation tile (the only
+      one for a fixed-tile export).
+    tta: average the 8 flips/rotations.
+  Returns:
+    float32 ``[H, W, K]``.
+  Raises:
+    UserInputError: wrong number of channels, or a tile size the graph does not take.
+  """
+  from unet_jax import tiling
+  from unet_jax.datasets import normalize
+
+  model = _as_model(model)
+  return tiling.predict_tiled(model, None, normalize(image),
+                              tile_size=tile_size or model.config.eval_tile_size,
+                              batch_size=model.config.eval_batch_size, tta=tta, method="host")
+
+
+def segment_image(model: OnnxUNet | str | pathlib.Path, image: np.ndarray, *,
+                  tile_size: int | None = None, tta: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Probabilities and instances of a raw image, by the run's instance rule.
+
+  The rule is the training run's ``config.instances`` (stored in the graph's
+  metadata; the paper's threshold + components if it holds none), threshold
+  included: what ``evaluate.py --onnx --mode predict --threshold T`` writes
+  with the run's threshold.
+
+  Args:
+    model, image, tile_size, tta: as for ``predict_image``.
+  Returns:
+    ``(probs, labels)``: float32 ``[H, W, K]`` and int32 ``[H, W]`` (0 = background).
+  """
+  from unet_jax import instances, predict
+
+  model = _as_model(model)
+  probs = predict_image(model, image, tile_size=tile_size, tta=tta)
+  params = (instances.InstanceParams.from_config(model.config)
+            if model.config.get("instances") is not None else instances.InstanceParams())
+  return probs, predict.mask_and_labels(probs, params)[1]
