@@ -8,6 +8,10 @@
 Exit status: 0 = done; 1 = predict mode skipped some files (listed at the end,
 the others were written); 2 = a user error before any work (one line).
 
+Evaluation runs in one process, on all of its host's devices. Launched as
+several processes (the flags of train.py, or ``srun -n N``), process 0 does the
+work and the others exit 0 at once, before they touch a device.
+
 The config saved in the workdir (``config.json``) is used unless ``--config``
 is given (its architecture must match the checkpoint's). This file is
 intentionally kept short: the logic is in unet_jax/evaluation.py.
@@ -46,8 +50,14 @@ flags.DEFINE_enum("postprocess", "none", ["none", "watershed"], "heldout/submiss
                   "(docs/conventions.md).")
 flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
                     "unet_jax.export) with onnxruntime instead of a workdir's checkpoint.")
-flags.DEFINE_float("threshold", 0.5, "predict: p(cell) above which a pixel is cell (mask, labels).")
+flags.DEFINE_float("threshold", None, "predict: p(cell) above which a pixel is cell (mask, "
+                   "labels); default: the run's config.instances.threshold (0.5 unless set).")
 flags.DEFINE_bool("overwrite", False, "predict: replace existing result files in --out.")
+flags.DEFINE_multi_string("instances", [], "Cell data: change how instances are made from "
+                          "p(cell), on top of the run's config, e.g. --instances "
+                          "method=watershed --instances seed_threshold=0.8 (the fields of "
+                          "config.instances in configs/default.py).")
+cli.define_distributed_flags()
 
 
 def _config(saved):
@@ -76,10 +86,23 @@ def _test_volume(config) -> pathlib.Path:
 
 def main(argv):
   del argv
-  from unet_jax import datasets, evaluation, inference
+  from unet_jax import datasets, distributed, evaluation, inference
+  index = distributed.launch_index(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+  if index:
+    print(f"process {index}: evaluate.py runs in process 0 only; nothing to do here")
+    return 0
   if FLAGS.postprocess != "none" and FLAGS.mode == "predict":
     raise UserInputError("--postprocess works with --mode heldout or submission; predict "
                          "mode writes the probabilities and --threshold's labels")
+
+  if FLAGS.mode == "predict":  # the checks that need no model first: one line, at once
+    if not FLAGS.input:
+      raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")
+    if FLAGS.out or FLAGS.workdir:
+      from unet_jax import predict
+      predict.check_request(FLAGS.input, FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval",
+                            FLAGS.threshold, FLAGS.overwrite)
 
   if FLAGS.onnx:
     from unet_jax import onnx_predict
@@ -100,6 +123,9 @@ def main(argv):
     saved, model, variables = inference.load_for_inference(
         FLAGS.workdir, FLAGS.checkpoint, average=FLAGS.param_average)
     config = _config(saved)
+  if FLAGS.instances:
+    from unet_jax import config_lib
+    config = config_lib.override_instances(config, FLAGS.instances)
   out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
@@ -127,8 +153,6 @@ def main(argv):
           f"{info['bytes']} bytes), preview {info['preview']}")
     print(f"sha256 {info['sha256']}")
   else:
-    if not FLAGS.input:
-      raise UserInputError("--mode predict needs --input (a file, folder or multi-page TIFF)")
     import sys
 
     from unet_jax import predict

@@ -35,5 +35,5 @@ def get_config():
   c.eval_every = 500
   c.checkpoint_every = 250
   c.instances.method = "watershed"
-  c.instances.min_size = 200   # px; DIC-HeLa cells are ~100-200 px wide
+  c.instances.min_size = 200   # px of area; DIC-HeLa cells are ~100-200 px wide
   return c

@@ -146,6 +146,30 @@ def test_missing_or_broken_config_file(tmp_path, content, needle):
   assert_clean_error(proc, str(path), needle)
 
 
+def test_a_broken_config_given_with_a_space_is_named(tmp_path):
+  """``--config PATH`` (not ``--config=PATH``) names PATH, not "(default)"."""
+  path = tmp_path / "my_config.py"
+  path.write_text("def get_config(:\n")
+  proc = run_cli("train.py", "--config", str(path), f"--workdir={tmp_path / 'w'}")
+  assert_clean_error(proc, f"--config {path}: syntax error at line 1")
+
+
+def test_a_json_config_says_how_configs_work(tmp_path):
+  """A workdir's config.json given as --config: one line that says what --config takes."""
+  path = tmp_path / "config.json"
+  path.write_text("{\"features\": 4}")
+  proc = run_cli("evaluate.py", f"--workdir={tmp_path}", "--config", str(path))
+  assert_clean_error(proc, str(path), "get_config()", "config.json is used when --config is "
+                     "not given")
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_help_exits_0(script):
+  proc = run_cli(script, "--help")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "--workdir" in proc.stdout
+
+
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_missing_or_empty_data_dir_says_how_to_download(tmp_path, make):
   data = tmp_path / "data"

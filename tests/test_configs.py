@@ -7,6 +7,7 @@ longer fits its padding would only fail when someone starts a long run.
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -40,3 +41,24 @@ def test_config_imports_one_base_and_says_what_it_is(path):
            and node.module == "configs" for a in node.names]
   assert len(bases) == 1, (path.name, bases)
   assert (REPO / "configs" / f"{bases[0]}.py").is_file(), (path.name, bases)
+
+
+def test_instance_overrides_change_only_the_instances_block():
+  """evaluate.py --instances: typed FIELD=VALUE on a copy of the run's config."""
+  from configs import dic_hela_cpu
+  from unet_jax import config_lib, instances
+  from unet_jax.errors import UserInputError
+
+  base = dic_hela_cpu.get_config()
+  new = config_lib.override_instances(base, ["method=components", "seed_threshold=0.8",
+                                             "seed_radius=5", "fill_gaps=false"])
+  params = instances.InstanceParams.from_config(new)
+  assert (params.method, params.seed_threshold, params.seed_radius, params.fill_gaps) == \
+      ("components", 0.8, 5, False)
+  assert base.instances.method == "watershed" and base.instances.seed_radius == 2  # a copy
+  assert new.features == base.features and new.instances.min_size == base.instances.min_size
+  for item, needle in [("seed_radius=2.5", "takes a int"), ("colour=red", "FIELD one of"),
+                       ("method=magic", "must be one of components, watershed"),
+                       ("threshold=1.5", "must be in [0, 1)"), ("min_size", "FIELD=VALUE")]:
+    with pytest.raises(UserInputError, match=re.escape(needle)):
+      config_lib.override_instances(base, [item])

@@ -89,6 +89,30 @@ def test_evaluate_split_ctc_reports_seg(tiny_config):
   assert 0 <= scores["seg"] <= 1
 
 
+def test_heldout_instances_of_own_data_are_written_as_label_tiffs(tiny_config, tmp_path):
+  """Instance data whose names are not challenge frames (your own folder) still gets its
+  instances: labels/NAME.tif, the instances that were scored, ids 1..n."""
+  from unet_jax import config_lib, instances, tiling
+  model, variables = _net(2, 4)
+  data = _data("folder")
+  evaluation.evaluate_split(model, variables, data, tiny_config, out_dir=tmp_path,
+                            warping=False)
+  assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["img_0.tif", "img_1.tif"]
+  assert not list(tmp_path.glob("*_RES"))
+  tile = config_lib.resolve(tiny_config, 1).eval_tile_size
+  params = instances.InstanceParams.from_config(tiny_config)
+  for i, im in enumerate(data.images):
+    ref = instances.from_probability(
+        tiling.predict_tiled(model, variables, im, tile_size=tile)[..., 1], params)
+    written = tifffile.imread(tmp_path / "labels" / f"img_{i}.tif")
+    assert written.dtype == np.uint16 and written.shape == ref.shape
+    assert ref.max() > 0  # some objects: not a trivial all-background comparison
+    # the same partition of the pixels (ids renumbered 1..n)
+    pairs = set(zip(written.ravel().tolist(), ref.ravel().tolist()))
+    assert len(pairs) == len(np.unique(ref)) == len(np.unique(written))
+    assert set(np.unique(written)) == set(range(len(np.unique(ref))))
+
+
 def test_scores_of_a_perfect_prediction(tiny_config):
   data = _data("dic_hela")
   probs = [lab.astype(np.float32) for lab in data.labels]
@@ -245,6 +269,22 @@ def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
                   f"--out={tmp_path / 'ws'}", "--postprocess=watershed")
   assert run.returncode == 2 and "Traceback" not in run.stderr
   assert run.stderr.strip().splitlines()[-1].startswith("error: --postprocess works with")
+  # --instances changes how the labels are made, on top of the run's config
+  from unet_jax import config_lib, instances
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs / 'cells.tif'}",
+                  f"--out={tmp_path / 'ws'}", "--tile_size=48", "--instances=method=watershed",
+                  "--instances=seed_threshold=0.6", "--instances=min_size=3")
+  assert run.returncode == 0, run.stderr
+  probs = tifffile.imread(tmp_path / "ws" / "cells.tif_prob.tif")
+  saved = config_lib.load_saved(workdir)
+  changed = config_lib.override_instances(saved, ["method=watershed", "seed_threshold=0.6",
+                                                  "min_size=3"])
+  expected = instances.from_probability(probs[1], instances.InstanceParams.from_config(changed))
+  np.testing.assert_array_equal(tifffile.imread(tmp_path / "ws" / "cells.tif_labels.tif"),
+                                expected)
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
+                  f"--out={tmp_path / 'bad'}", "--instances=method=magic")
+  assert run.returncode == 2 and "must be one of components, watershed" in run.stderr
 
 
 @pytest.mark.slow

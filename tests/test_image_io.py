@@ -101,8 +101,8 @@ def test_pixel_size_is_read_and_written(tmp_path):
   tifffile.imwrite(tmp_path / "ome.ome.tif", x, metadata={"PhysicalSizeX": 0.3,
                                                           "PhysicalSizeY": 0.3})
   assert image_io.read_image(tmp_path / "ome.ome.tif").pixel_size == pytest.approx((0.3, 0.3))
-  Image.fromarray(x).save(tmp_path / "x.png", dpi=(2540, 2540))
-  assert image_io.read_image(tmp_path / "x.png").pixel_size == pytest.approx((10, 10), rel=1e-3)
+  tifffile.imwrite(tmp_path / "cm.tif", x, resolution=(5000, 2500), resolutionunit="CENTIMETER")
+  assert image_io.read_image(tmp_path / "cm.tif").pixel_size == pytest.approx((4, 2))
   for dtype in (np.float32, np.uint32):  # ImageJ metadata and plain resolution tags
     path = image_io.write_tiff(tmp_path / f"out_{np.dtype(dtype).name}.tif", x.astype(dtype),
                                (0.5, 0.25))
@@ -125,3 +125,142 @@ def test_channel_rule(tmp_path):
     image_io.to_channels(np.ones((4, 5, 2)), 1, False, "two.tif")
   with pytest.raises(UserInputError, match="3 channel"):  # not RGB: no luminance
     image_io.to_channels(np.ones((4, 5, 3)), 1, False, "three.tif")
+
+
+def _dpi_files(folder):
+  """Files with a print resolution only, as image editors and Pillow write them."""
+  x = np.zeros((20, 24), np.uint8)
+  tifffile.imwrite(folder / "72dpi.tif", x, resolution=(72, 72), resolutionunit="INCH")
+  tifffile.imwrite(folder / "300dpi.tif", x, resolution=(300, 300))  # TIFF default unit: inch
+  tifffile.imwrite(folder / "72dpi_cm.tif", x, resolution=(72 / 2.54, 72 / 2.54),
+                   resolutionunit="CENTIMETER")
+  # ImageJ opening an editor's TIFF keeps its dpi as unit=inch
+  tifffile.imwrite(folder / "ij_inch.tif", x, imagej=True, resolution=(72, 72),
+                   metadata={"unit": "inch"})
+  Image.fromarray(x).save(folder / "72dpi.png", dpi=(72, 72))  # stored as 72.009 dpi
+  Image.fromarray(x).save(folder / "72dpi.jpg", dpi=(72, 72))
+  Image.fromarray(x).save(folder / "pillow.bmp")  # Pillow writes 96 dpi
+  return ["72dpi.tif", "300dpi.tif", "72dpi_cm.tif", "ij_inch.tif", "72dpi.png", "72dpi.jpg",
+          "pillow.bmp"]
+
+
+def test_dpi_is_not_a_pixel_size(tmp_path):
+  """Print resolutions (dpi) leave the image and its results uncalibrated."""
+  names = _dpi_files(tmp_path)
+  # the files do carry a resolution (else this test would prove nothing)
+  with Image.open(tmp_path / "72dpi.png") as im:
+    assert im.info["dpi"][0] == pytest.approx(72.009)
+  with Image.open(tmp_path / "pillow.bmp") as im:
+    assert im.info["dpi"][0] == pytest.approx(96, abs=0.1)
+  with tifffile.TiffFile(tmp_path / "72dpi.tif") as tif:
+    assert tif.pages[0].tags["XResolution"].value == (72, 1)
+  for name in names:
+    im = image_io.read_image(tmp_path / name)
+    assert im.pixel_size is None, name
+    assert not im.notes, name  # common print resolutions are ignored silently
+    out = image_io.write_tiff(tmp_path / "out" / (name + ".tif"), np.zeros((20, 24), np.float32),
+                              im.pixel_size)
+    with tifffile.TiffFile(out) as tif:  # what Fiji reads: no unit, a unitless 1 px/px
+      tags = tif.pages[0].tags
+      assert "unit" not in tif.imagej_metadata
+      assert tags["ResolutionUnit"].value == 1 and tags["XResolution"].value == (1, 1)
+
+
+def test_a_fine_dpi_is_ignored_with_a_note(tmp_path):
+  x = np.zeros((20, 24), np.uint16)
+  Image.fromarray(x).save(tmp_path / "x.png", dpi=(2540, 2540))  # 10 um if it were a size
+  tifffile.imwrite(tmp_path / "x.tif", x, resolution=(2540, 2540), resolutionunit="INCH")
+  for name in ("x.png", "x.tif"):
+    im = image_io.read_image(tmp_path / name)
+    assert im.pixel_size is None
+    assert len(im.notes) == 1 and "2540 dpi ignored" in im.notes[0], im.notes
+
+
+def test_physical_calibrations_are_pixel_sizes(tmp_path):
+  x = np.zeros((20, 24), np.uint8)
+  # ImageJ as Fiji writes it: resolution tags in pixels per unit
+  tifffile.imwrite(tmp_path / "micron.tif", x, imagej=True, resolution=(1 / 0.25, 1 / 0.5),
+                   metadata={"unit": "micron"})
+  tifffile.imwrite(tmp_path / "nm.tif", x, imagej=True, resolution=(1 / 200, 1 / 200),
+                   metadata={"unit": "nm"})
+  tifffile.imwrite(tmp_path / "pixel.tif", x, imagej=True, resolution=(1 / 3, 1 / 3),
+                   metadata={"unit": "pixel"})
+  tifffile.imwrite(tmp_path / "nm.ome.tif", x, metadata={
+      "PhysicalSizeX": 65.0, "PhysicalSizeXUnit": "nm",
+      "PhysicalSizeY": 130.0, "PhysicalSizeYUnit": "nm"})
+  tifffile.imwrite(tmp_path / "inch.ome.tif", x, metadata={
+      "PhysicalSizeX": 0.01, "PhysicalSizeXUnit": "in"})
+  want = {"micron.tif": (0.5, 0.25), "nm.tif": (0.2, 0.2), "pixel.tif": None,
+          "nm.ome.tif": (0.13, 0.065), "inch.ome.tif": None}
+  for name, size in want.items():
+    got = image_io.read_image(tmp_path / name).pixel_size
+    assert got == (None if size is None else pytest.approx(size)), name
+
+
+def test_stack_axes_spacing_and_frame_interval_are_read(tmp_path):
+  t = np.zeros((3, 20, 24), np.uint8)
+  tifffile.imwrite(tmp_path / "tyx.tif", t, imagej=True, metadata={"axes": "TYX", "finterval": 5})
+  im = image_io.read_image(tmp_path / "tyx.tif")
+  assert (im.page_axes, im.page_shape, im.frame_interval, im.z_spacing) == ("T", (3,), 5, None)
+  tifffile.imwrite(tmp_path / "zyx.tif", t, imagej=True, resolution=(1 / 100, 1 / 100),
+                   metadata={"axes": "ZYX", "spacing": 500, "unit": "nm"})
+  im = image_io.read_image(tmp_path / "zyx.tif")
+  assert (im.page_axes, im.page_shape) == ("Z", (3,))
+  assert im.z_spacing == pytest.approx(0.5) and im.pixel_size == pytest.approx((0.1, 0.1))
+  tifffile.imwrite(tmp_path / "tmin.tif", t, imagej=True,
+                   metadata={"axes": "TYX", "finterval": 2, "tunit": "min"})
+  assert image_io.read_image(tmp_path / "tmin.tif").frame_interval == pytest.approx(120)
+  zt = np.arange(2 * 3 * 20 * 24, dtype=np.uint16).reshape(2, 3, 20, 24)
+  tifffile.imwrite(tmp_path / "zt.ome.tif", zt, metadata={
+      "axes": "ZTYX", "PhysicalSizeX": 0.2, "PhysicalSizeZ": 1.5, "TimeIncrement": 250,
+      "TimeIncrementUnit": "ms"})
+  im = image_io.read_image(tmp_path / "zt.ome.tif")
+  assert (im.page_axes, im.page_shape) == ("ZT", (2, 3))
+  assert im.z_spacing == pytest.approx(1.5) and im.frame_interval == pytest.approx(0.25)
+  np.testing.assert_array_equal(im.pages[1 * 3 + 2][..., 0], zt[1, 2])  # C order of Z, T
+
+
+def test_write_tiff_keeps_the_hyperstack(tmp_path):
+  x = np.zeros((2, 3, 2, 20, 24), np.float32)
+  path = image_io.write_tiff(tmp_path / "tz.tif", x, (0.5, 0.5), "TZCYX", z_spacing=2.0,
+                             frame_interval=5.0)
+  with tifffile.TiffFile(path) as tif:
+    meta = tif.imagej_metadata
+    assert tif.series[0].axes == "TZCYX"
+    assert (meta["frames"], meta["slices"], meta["channels"]) == (2, 3, 2)
+    assert meta["spacing"] == 2.0 and meta["finterval"] == 5.0 and meta["unit"] == "um"
+
+
+def test_corrupt_tiff_is_one_clear_line_and_no_log(tmp_path, caplog):
+  path = tmp_path / "bad.tif"
+  path.write_bytes(b"II*\x00garbage")  # a TIFF header pointing nowhere
+  with pytest.raises(UserInputError) as e:
+    image_io.read_image(path)
+  message = str(e.value)
+  assert message.startswith(f"{path}: not a readable TIFF (") and "\n" not in message
+  assert message.count("bad.tif") == 1
+  assert not caplog.records  # tifffile's "invalid offset" is in the message, not logged
+  path = tmp_path / "bad.png"
+  path.write_bytes(b"\x89PNG\r\n\x1a\nxx")
+  with pytest.raises(UserInputError, match="not a readable PNG") as e:
+    image_io.read_image(path)
+  assert str(e.value).count("bad.png") == 1
+
+
+def test_truncated_hyperstack_notes_what_tifffile_found(tmp_path, caplog):
+  """tifffile reads a hyperstack cut in half as its first page and logs why: a note."""
+  path = tmp_path / "half.tif"
+  tifffile.imwrite(path, np.ones((2, 3, 20, 24), np.uint16), imagej=True,
+                   metadata={"axes": "TZYX"})
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  im = image_io.read_image(path)
+  assert len(im.pages) == 1
+  assert "tifffile: ImageJ series metadata invalid or corrupted file" in im.notes
+  assert not caplog.records
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_pixels_are_refused(tmp_path, dtype):
+  tifffile.imwrite(tmp_path / "c.tif", (np.ones((20, 24)) * (1 + 2j)).astype(dtype))
+  with pytest.raises(UserInputError, match=r"c\.tif: complex-valued pixels"):
+    image_io.read_image(tmp_path / "c.tif")

@@ -175,3 +175,91 @@ def test_cell_model_writes_instance_labels_of_the_input_size(tiny_config, tmp_pa
   # objects are tinted in different colours
   colours = {tuple(rgb[labels == k].mean(0).round()) for k in np.unique(labels)[1:4]}
   assert len(colours) == min(3, labels.max())
+
+
+def _direct_prob(model, variables, config, page):
+  """``[K, H, W]`` p of one page, predicted directly (the reference for a stack's pages)."""
+  from unet_jax.datasets import normalize
+  tile = config_lib.resolve(config, 1).eval_tile_size
+  return np.moveaxis(tiling.predict_tiled(model, variables, normalize(page), tile_size=tile), -1, 0)
+
+
+def test_stacks_keep_their_axes_spacing_and_frame_interval(tiny_config, tmp_path):
+  """A time-lapse stays T with its finterval, a Z stack Z with its spacing, a Z x T
+  stack becomes ImageJ's T x Z with each page at its place."""
+  model, variables = _net(2, 4)
+  rng = np.random.default_rng(2)
+  folder = tmp_path / "in"
+  folder.mkdir()
+  tyx = rng.integers(0, 255, (3, 25, 31), dtype=np.uint8)
+  tifffile.imwrite(folder / "tyx.tif", tyx, imagej=True, resolution=(2.0, 2.0),
+                   metadata={"axes": "TYX", "finterval": 5, "unit": "um"})
+  zyx = rng.integers(0, 255, (2, 25, 31), dtype=np.uint8)
+  tifffile.imwrite(folder / "zyx.tif", zyx, imagej=True, resolution=(4.0, 4.0),
+                   metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+  zt = rng.integers(0, 255, (2, 3, 25, 31), dtype=np.uint8)  # OME: Z slower than T
+  tifffile.imwrite(folder / "zt.ome.tif", zt, metadata={
+      "axes": "ZTYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 1.5,
+      "TimeIncrement": 10.0})
+  out = tmp_path / "out"
+  result = predict.predict_files(model, variables, folder, out, tiny_config, progress=False)
+  assert result.exit_code == 0, result.failed
+  want = {"tyx.tif": ("TCYX", "TYX", {"frames": 3, "finterval": 5.0}),
+          "zyx.tif": ("ZCYX", "ZYX", {"slices": 2, "spacing": 2.0}),
+          "zt.ome.tif": ("TZCYX", "TZYX", {"frames": 3, "slices": 2, "spacing": 1.5,
+                                           "finterval": 10.0})}
+  for name, (prob_axes, mask_axes, meta) in want.items():
+    for suffix, axes in (("_prob.tif", prob_axes), ("_mask.tif", mask_axes),
+                         ("_labels.tif", mask_axes)):
+      with tifffile.TiffFile(out / (name + suffix)) as tif:
+        assert tif.series[0].axes == axes, (name, suffix)
+        assert {k: tif.imagej_metadata.get(k) for k in meta} == meta, (name, suffix)
+        assert tif.imagej_metadata["unit"] == "um"
+  probs = tifffile.imread(out / "tyx.tif_prob.tif")
+  np.testing.assert_allclose(probs[2], _direct_prob(model, variables, tiny_config, tyx[2]),
+                             atol=1e-6)
+  probs = tifffile.imread(out / "zt.ome.tif_prob.tif")  # [T, Z, K, H, W]
+  assert probs.shape == (3, 2, 2, 25, 31)
+  for t, z in ((0, 1), (2, 0)):
+    np.testing.assert_allclose(probs[t, z], _direct_prob(model, variables, tiny_config,
+                                                         zt[z, t]), atol=1e-6)
+  masks = tifffile.imread(out / "zt.ome.tif_mask.tif")
+  np.testing.assert_array_equal(masks, np.where(probs[:, :, 1] > 0.5, 255, 0))
+
+
+def test_dpi_input_gives_uncalibrated_results(tiny_config, tmp_path):
+  """A 72-dpi TIFF (an image editor's default) is not 352.8 um per pixel."""
+  model, variables = _net(2, 4)
+  image = np.random.default_rng(0).integers(0, 255, (25, 31), dtype=np.uint8)
+  tifffile.imwrite(tmp_path / "editor.tif", image, resolution=(72, 72), resolutionunit="INCH")
+  out = tmp_path / "out"
+  predict.predict_files(model, variables, tmp_path / "editor.tif", out, tiny_config,
+                        progress=False)
+  for suffix in ("_prob.tif", "_mask.tif", "_labels.tif"):
+    with tifffile.TiffFile(out / ("editor.tif" + suffix)) as tif:
+      assert "unit" not in tif.imagej_metadata, suffix
+      assert tif.pages[0].tags["XResolution"].value == (1, 1), suffix
+
+
+def test_corrupt_tiff_is_skipped_with_one_clear_line(tiny_config, tmp_path, caplog):
+  model, variables = _net(2, 4)
+  folder = tmp_path / "in"
+  folder.mkdir()
+  tifffile.imwrite(folder / "good.tif", np.zeros((25, 31), np.uint8))
+  (folder / "bad.tif").write_bytes(b"II*\x00garbage")
+  (folder / "empty.tif").write_bytes(b"")
+  lines = []
+  out = tmp_path / "out"
+  result = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
+                                 echo=lines.append)
+  failed = dict(result.failed)
+  assert failed[folder / "bad.tif"].startswith("not a readable TIFF (")
+  assert result.exit_code == 1  # the folder's other files were segmented
+  skips = [line for line in lines if line.startswith("skipped")]
+  summary = result.summary(3, out).splitlines()
+  assert f"skipped {folder / 'bad.tif'}: not a readable TIFF (" in skips[0]
+  assert f"  {folder / 'bad.tif'}: not a readable TIFF (" in summary[2]
+  assert f"  {folder / 'empty.tif'} is empty (0 bytes)" == summary[3]
+  for line in skips + summary[2:]:  # the path once per line
+    assert line.count(str(folder)) == 1, line
+  assert not caplog.records  # no tifffile warning besides the line

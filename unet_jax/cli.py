@@ -46,16 +46,28 @@ def _check_config_files(argv: Sequence[str], flag_values) -> None:
   # config_flags.DEFINE_config_file flags report the type "config object"
   names = [n for n, f in flag_values._flags().items()  # pylint: disable=protected-access
            if f.flag_type() == "config object"]
-  args = list(argv[1:])
-  for i, arg in enumerate(args):
-    for name in names:
-      value = None
-      if arg.startswith(f"--{name}="):
-        value = arg.split("=", 1)[1]
-      elif arg == f"--{name}" and i + 1 < len(args):
-        value = args[i + 1]
-      if value is not None and not pathlib.Path(value.split(":", 1)[0]).is_file():
+  for name in names:
+    for value in _flag_values(argv, name):
+      path = value.split(":", 1)[0]
+      if not pathlib.Path(path).is_file():
         _fail(f"--{name} {value}: config file not found")
+      if path.endswith(".json"):
+        _fail(f"--{name} {value}: a config file is Python with get_config() (e.g. "
+              f"configs/isbi.py); a workdir's config.json is used when --{name} is not given")
+
+
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _flag_values(argv: Sequence[str], name: str) -> list[str]:
+  """The values given for ``--name`` in ``argv``, as ``--name=V`` or ``--name V``."""
+  values = []
+  for i, a in enumerate(argv[1:], start=1):
+    if a.startswith(f"--{name}="):
+      values.append(a.split("=", 1)[1])
+    elif a == f"--{name}" and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  return values
 
 
 def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
@@ -72,11 +84,15 @@ def parse_flags(argv: Sequence[str], flag_values=None) -> list[str]:
   _check_config_files(argv, flag_values)
   try:
     rest = flag_values(argv)
+  except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
+    if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except Exception as e:  # pylint: disable=broad-except  # every parse error is the user's
     field_error = (isinstance(e, (KeyError, flags.Error))
                    or (isinstance(e, AttributeError) and "get_config" not in str(e)))
     if not field_error:  # raised by the config file itself (syntax, get_config())
-      given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+      given = _flag_values(argv, "config")
       _fail(_config_file_message("config", given[-1] if given else "(default)", e))
     _fail(_config_flag_message(e))
   _check_loaded_configs(argv, flag_values)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Sequence
 
 import ml_collections
 
@@ -94,6 +95,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.async_checkpoints not in ("auto", "on", "off"):
     _fail("async_checkpoints", c.async_checkpoints, "must be 'auto' (background saves on "
           "a GPU/TPU, waiting ones on a CPU), 'on' or 'off'")
+
+
+INSTANCE_METHODS = ("components", "watershed")
+
+
+def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
+                       ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``config.instances`` fields set from ``FIELD=VALUE`` items.
+
+  How instances are made from p(cell) is not part of the trained net, so
+  ``evaluate.py --instances method=watershed --instances seed_threshold=0.8``
+  can change it on top of a run's saved config.
+
+  Raises:
+    UserInputError: for an unknown field, a value of the wrong type or range.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  block = config.instances
+  for item in items:
+    key, sep, text = (part.strip() for part in item.partition("="))
+    if not sep or key not in block:
+      raise UserInputError(f"--instances {item!r}: give FIELD=VALUE, FIELD one of "
+                           f"{', '.join(sorted(block.keys()))} (configs/default.py)")
+    old = block[key]
+    try:
+      if isinstance(old, bool):
+        value = {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+      else:
+        value = type(old)(text)
+    except (KeyError, ValueError):
+      raise UserInputError(f"--instances {item!r}: {key} takes a {type(old).__name__} "
+                           f"(now {old!r})") from None
+    block[key] = value
+  if block.method not in INSTANCE_METHODS:
+    raise UserInputError(f"--instances method={block.method!r}: must be one of "
+                         f"{', '.join(INSTANCE_METHODS)}")
+  for key in ("threshold", "seed_threshold"):
+    if not 0.0 <= block[key] < 1.0:
+      raise UserInputError(f"--instances {key}={block[key]}: must be in [0, 1)")
+  if block.seed_radius < 0 or block.min_size < 0:
+    raise UserInputError("--instances seed_radius and min_size must be >= 0")
+  return config
 
 
 def async_checkpoints(config: ml_collections.ConfigDict, backend: str) -> bool:

@@ -70,7 +70,7 @@ def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, 
   items = images
   if progress:
     from tqdm.auto import tqdm
-    items = tqdm(images, desc="images", unit="image")
+    items = tqdm(images, desc="images", unit="image", disable=None)  # None: off unless a terminal
   return [tiling.predict_tiled(model, variables, im, tile_size=tile, batch_size=batch, tta=tta)
           for im in items]
 
@@ -275,8 +275,9 @@ def markdown_report(scores: dict, curves: dict, dataset: str, tta: bool = False,
 
 def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.ndarray],
                  masks: list[np.ndarray], tta: bool = False) -> pathlib.Path:
-  """Writes ``metrics.json``, ``metrics.md``, one overlay PNG per image and,
-  for Cell Tracking Challenge frames, the challenge's ``<seq>_RES/maskTTT.tif``."""
+  """Writes ``metrics.json``, ``metrics.md``, one overlay PNG per image and, for
+  instance data, the instances: the challenge's ``<seq>_RES/maskTTT.tif`` for Cell
+  Tracking Challenge frames, else ``labels/NAME.tif`` (uint16, 0 = background)."""
   out = pathlib.Path(out_dir)
   (out / "overlays").mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(
@@ -290,6 +291,12 @@ def write_report(out_dir, scores: dict, curves: dict, data, cell_probs: list[np.
                  instances=instance_data)
   if instance_data and data.names and all(map(ctc_format.is_frame_name, data.names)):
     ctc_format.write_results(out, data.names, masks)
+  elif instance_data:  # e.g. your own folder of images + instance masks
+    import tifffile
+    (out / "labels").mkdir(exist_ok=True)
+    for name, mask in zip(data.names, masks):
+      tifffile.imwrite(out / "labels" / f"{safe_name(name)}.tif", ctc_format.to_uint16(mask),
+                       compression="zlib")
   return out
 
 

@@ -29,22 +29,46 @@ rewrite the file.
 Every step that drops or changes something adds one line to the file's
 ``notes`` (printed once per file by the callers). Integer and float pixel types
 of any depth (8/16/32-bit, float16/32/64) are kept as they are and cast to
-float32 by the normalisation (``datasets.normalize``).
+float32 by the normalisation (``datasets.normalize``); complex and other
+pixel types are refused with a message naming the file. A file that cannot be
+decoded is refused as ``PATH: not a readable TIFF (...)`` (resp. PNG, ...), one
+line. tifffile's log messages go into that reason, or into the notes of a file
+that could be read, instead of onto stderr.
 
-**Pixel size.** Read from OME ``PhysicalSizeX/Y``, ImageJ (``XResolution`` in
-pixels per ``unit``), TIFF ``XResolution`` with ``ResolutionUnit`` inch or
-centimetre, or a PNG/JPEG's dpi; kept in micrometres and written into every
-output TIFF by :func:`write_tiff` (ImageJ metadata where ImageJ can hold the
-dtype, standard TIFF resolution tags in px/cm otherwise).
+**Pixel size.** Only a physical calibration is a pixel size:
+
+* OME ``PhysicalSizeX/Y`` (in their ``PhysicalSizeXUnit``, default um);
+* ImageJ metadata: the resolution tags in pixels per ``unit`` where ``unit``
+  is a length (nm, um/micron, mm, cm, m);
+* bare TIFF resolution tags in centimetres (or mm/um) if that gives at most
+  ``MAX_TAG_PIXEL_UM`` = 50 um per pixel: larger values are image editors'
+  print resolutions stored in px/cm (72 dpi = 352.8 um).
+
+Dots per inch are a print setting, never a pixel size: TIFF ``ResolutionUnit``
+inch, an ImageJ ``unit`` of inch, a PNG's pHYs and the dpi of JPEG, BMP and
+GIF files are ignored, so that 72 or 96 dpi never becomes 352.8 or 264.6 um
+(a dpi of 508 or more, i.e. <= 50 um per pixel, adds a note saying so). The
+pixel size is kept in micrometres and written into every output TIFF by
+:func:`write_tiff` (ImageJ metadata where ImageJ can hold the dtype, standard
+TIFF resolution tags in px/cm otherwise); without one the outputs are
+uncalibrated.
+
+**Stacks.** :class:`ImageFile` keeps the page axes (``page_axes``, e.g.
+``"T"``, ``"Z"``, ``"TZ"``) and their sizes, the Z spacing (OME
+``PhysicalSizeZ``, ImageJ ``spacing`` in a length ``unit``) in um and the frame
+interval (OME ``TimeIncrement``, ImageJ ``finterval`` / ``tunit``) in seconds,
+so that results can be written with the input's hyperstack layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import pathlib
 import re
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -54,10 +78,20 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 LUMINANCE = np.array([0.2125, 0.7154, 0.0721], np.float32)  # ITU-R BT.709
-_UM_PER = {"um": 1.0, "µm": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0,
+# Bare TIFF resolution tags above this (um per pixel) are print resolutions
+# that an image editor stored in px/cm (600 dpi = 42 um, 300 dpi = 85 um).
+MAX_TAG_PIXEL_UM = 50.0
+# Length units (lower case) of OME and ImageJ; "inch" is absent on purpose
+# (a print unit, see the module docstring), "pixel" means not calibrated.
+_UM_PER = {"um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
            "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3,
-           "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6,
-           "meter": 1e6, "inch": 25400.0}
+           "nanometre": 1e-3, "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4, "mm": 1e3,
+           "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4,
+           "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6}
+_S_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3,
+          "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+          "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
+_TAG_UM_PER = {3: 1e4, 4: 1e3, 5: 1.0}  # TIFF ResolutionUnit cm, mm, um (1 none, 2 inch)
 
 
 @dataclasses.dataclass
@@ -70,9 +104,15 @@ class ImageFile:
       palettes resolved (unless read with ``resolve_palette=False``).
     rgb: True if the channels are R, G, B (luminance applies), False if they
       are grey or independent channels (e.g. fluorescence).
-    pixel_size: ``(y, x)`` in micrometres, or None if the file does not say.
+    pixel_size: ``(y, x)`` in micrometres, or None if the file does not give a
+      physical calibration (see the module docstring).
     axes: the axes as read (e.g. ``"ZCYX"``, ``"YXS"``; ``"YX"`` for Pillow files).
     notes: what was dropped or converted, one line each.
+    page_axes: the axes that count pages, in file order (``"T"``, ``"Z"``,
+      ``"ZT"``, ``"I"`` for a Pillow animation...; ``""`` for one page).
+    page_shape: their sizes; ``pages`` is this grid flattened in C order.
+    z_spacing: micrometres between Z slices, or None.
+    frame_interval: seconds between T frames, or None.
   """
   path: pathlib.Path
   pages: list[np.ndarray]
@@ -80,10 +120,96 @@ class ImageFile:
   pixel_size: tuple[float, float] | None
   axes: str
   notes: list[str] = dataclasses.field(default_factory=list)
+  page_axes: str = ""
+  page_shape: tuple[int, ...] = ()
+  z_spacing: float | None = None
+  frame_interval: float | None = None
 
   @property
   def channels(self) -> int:
     return int(self.pages[0].shape[-1])
+
+
+class _Unreadable(Exception):
+  """A decoder opened the file but found no image in it."""
+
+
+# --------------------------------------------------------------------------
+# Calibration.
+# --------------------------------------------------------------------------
+
+
+def _scaled(value, unit, table: dict[str, float]) -> float | None:
+  """``value`` in ``unit`` times the unit's factor in ``table``; None if unknown or <= 0."""
+  factor = table.get(str(unit).strip().lower())
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return None
+  return value * factor if factor is not None and value > 0 else None
+
+
+def _dpi_note(dpi: float) -> list[str]:
+  """A note for a dpi fine enough to be mistaken for a calibration (>= 508 dpi)."""
+  if not dpi or 25400.0 / dpi > MAX_TAG_PIXEL_UM:
+    return []  # 72, 96, 300 dpi ...: an editor's default, ignored silently
+  return [f"resolution of {dpi:g} dpi ignored: dpi is a print setting, not a pixel size "
+          "(results are uncalibrated; calibrate in ImageJ or save as OME-TIFF)"]
+
+
+def _ome_calibration(xml: str) -> dict:
+  """``pixel_size``, ``z_spacing``, ``frame_interval`` of the first ``Pixels`` element."""
+  pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+  attrs = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0))) if pixels else {}
+
+  def size(name: str, table: dict[str, float], default_unit: str) -> float | None:
+    if name not in attrs:
+      return None
+    return _scaled(attrs[name], attrs.get(name + "Unit", default_unit), table)
+
+  x, y = size("PhysicalSizeX", _UM_PER, "um"), size("PhysicalSizeY", _UM_PER, "um")
+  return {"pixel_size": (y or x, x) if x else None,
+          "z_spacing": size("PhysicalSizeZ", _UM_PER, "um"),
+          "frame_interval": size("TimeIncrement", _S_PER, "s")}
+
+
+def _tiff_calibration(tif, page, notes: list[str]) -> dict:
+  """``pixel_size``, ``z_spacing``, ``frame_interval`` by the module docstring's rule."""
+  found = {"pixel_size": None, "z_spacing": None, "frame_interval": None}
+  if tif.is_ome and tif.ome_metadata:
+    found = _ome_calibration(tif.ome_metadata)
+    if found["pixel_size"]:
+      return found
+  tags = page.tags
+  per_x = per_y = None  # resolution-tag units per pixel
+  if "XResolution" in tags:
+    num, den = tags["XResolution"].value
+    ynum, yden = tags["YResolution"].value if "YResolution" in tags else (num, den)
+    if num and ynum:
+      per_x, per_y = den / num, yden / ynum
+  if tif.is_imagej and tif.imagej_metadata:
+    meta = tif.imagej_metadata
+    if meta.get("finterval"):
+      found["frame_interval"] = _scaled(meta["finterval"], meta.get("tunit", "sec"), _S_PER)
+    if meta.get("unit"):
+      # ImageJ's unit replaces the TIFF ResolutionUnit; "pixel" and "inch"
+      # (ImageJ's reading of an editor's dpi) are no calibration.
+      if per_x:
+        y, x = _scaled(per_y, meta["unit"], _UM_PER), _scaled(per_x, meta["unit"], _UM_PER)
+        found["pixel_size"] = (y, x) if x and y else None
+      if meta.get("spacing"):
+        found["z_spacing"] = _scaled(meta["spacing"], meta["unit"], _UM_PER)
+      return found
+  if not per_x:
+    return found
+  unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF default: inch
+  if unit == 2:
+    notes += _dpi_note(1.0 / per_x)
+  elif unit in _TAG_UM_PER:
+    y, x = per_y * _TAG_UM_PER[unit], per_x * _TAG_UM_PER[unit]
+    if max(y, x) <= MAX_TAG_PIXEL_UM:
+      found["pixel_size"] = (y, x)
+  return found
 
 
 # --------------------------------------------------------------------------
@@ -91,35 +217,25 @@ class ImageFile:
 # --------------------------------------------------------------------------
 
 
-def _tiff_pixel_size(tif, page) -> tuple[float, float] | None:
-  """Pixel size in um from OME, ImageJ or the resolution tags; None if not given."""
-  if tif.is_ome and tif.ome_metadata:
-    xml = tif.ome_metadata
-    sx = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
-    sy = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', xml)
-    ux = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
-    if sx:
-      scale = _UM_PER.get(ux.group(1), 1.0) if ux else 1.0  # OME default unit: um
-      x = float(sx.group(1)) * scale
-      y = float(sy.group(1)) * scale if sy else x
-      return (y, x)
-  tags = page.tags
-  if "XResolution" not in tags:
-    return None
-  num, den = tags["XResolution"].value
-  ynum, yden = tags["YResolution"].value if "YResolution" in tags else (num, den)
-  if not num or not ynum:
-    return None
-  per_x, per_y = den / num, yden / ynum  # units per pixel
-  unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-  if tif.is_imagej and tif.imagej_metadata and tif.imagej_metadata.get("unit"):
-    scale = _UM_PER.get(str(tif.imagej_metadata["unit"]).lower())
-    return None if scale is None else (per_y * scale, per_x * scale)
-  if unit == 2 and (num, den) != (1, 1):  # inch; 1 dpi is tifffile's "not set" default
-    return (per_y * 25400.0, per_x * 25400.0)
-  if unit == 3:  # centimetre
-    return (per_y * 1e4, per_x * 1e4)
-  return None
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+  """Collects tifffile's log messages instead of printing them on stderr."""
+  messages: list[str] = []
+
+  class Collect(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+      # "<tifffile.TiffPages @8> invalid offset ..." -> "invalid offset ..."
+      messages.extend(re.sub(r"^<[^>]*>\s*", "", record.getMessage()).splitlines()[:1])
+
+  log = logging.getLogger("tifffile")
+  handler, propagate = Collect(logging.WARNING), log.propagate  # not its debug chatter
+  log.addHandler(handler)
+  log.propagate = False
+  try:
+    yield messages
+  finally:
+    log.removeHandler(handler)
+    log.propagate = propagate
 
 
 def _read_tiff(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
@@ -128,7 +244,7 @@ def _read_tiff(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
   notes = []
   with tifffile.TiffFile(path) as tif:
     if not tif.series:
-      raise UserInputError(f"{path}: the TIFF holds no image")
+      raise _Unreadable("no image in it")
     series = tif.series[0]
     if len(tif.series) > 1:
       notes.append(f"{len(tif.series)} image series in the file; read the first "
@@ -136,7 +252,7 @@ def _read_tiff(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
     page = series.keyframe
     data = series.asarray()
     axes = series.axes
-    pixel_size = _tiff_pixel_size(tif, page)
+    calibration = _tiff_calibration(tif, page, notes)
     photometric = int(page.photometric)
     extrasamples = tuple(int(e) for e in page.extrasamples)
     colormap = page.colormap if photometric == 3 else None
@@ -151,13 +267,13 @@ def _read_tiff(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
         f"{path}: pages of {data.shape[axes.index('Y')]} x {data.shape[axes.index('X')]} px "
         f"and no axes metadata: probably an [H, W, C] array saved without axes; rewrite it "
         f"with tifffile.imwrite(path, array, metadata={{'axes': 'YXC'}}) or save it from ImageJ")
-  channel_axes = [a for a in axes if a in "CS"]
-  page_axes = [a for a in axes if a not in "CSYX"]
-  order = [axes.index(a) for a in page_axes + ["Y", "X"] + channel_axes]
-  data = np.transpose(data, order)
-  n_pages = int(np.prod([data.shape[i] for i in range(len(page_axes))], dtype=np.int64))
-  h, w = data.shape[len(page_axes)], data.shape[len(page_axes) + 1]
-  data = data.reshape((n_pages, h, w, -1))
+  # Positions, not letters: unnamed axes may repeat (tifffile's "Q").
+  channel_dims = [i for i, a in enumerate(axes) if a in "CS"]
+  page_dims = [i for i, a in enumerate(axes) if a not in "CSYX"]
+  data = np.transpose(data, page_dims + [axes.index("Y"), axes.index("X")] + channel_dims)
+  page_shape = tuple(int(n) for n in data.shape[:len(page_dims)])
+  h, w = data.shape[len(page_dims)], data.shape[len(page_dims) + 1]
+  data = data.reshape((int(np.prod(page_shape, dtype=np.int64)), h, w, -1))
   rgb = photometric == 2  # RGB
   if extrasamples and "S" in axes:
     # Extra samples are the last samples; 1 and 2 mark (un)associated alpha.
@@ -169,7 +285,10 @@ def _read_tiff(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
       notes.append("alpha channel dropped")
   if photometric == 3 and colormap is not None and resolve_palette:
     data, rgb = _apply_palette(data[..., 0], np.asarray(colormap).T, notes)
-  return ImageFile(path, list(data), rgb, pixel_size, axes, notes)
+  return ImageFile(path, list(data), rgb, calibration["pixel_size"], axes, notes,
+                   page_axes="".join(axes[i] for i in page_dims), page_shape=page_shape,
+                   z_spacing=calibration["z_spacing"],
+                   frame_interval=calibration["frame_interval"])
 
 
 def _apply_palette(indices: np.ndarray, palette: np.ndarray, notes: list[str]
@@ -228,11 +347,12 @@ def _read_pil(path: pathlib.Path, resolve_palette: bool) -> ImageFile:
     for frame in ImageSequence.Iterator(im):
       page, rgb = _pil_page(frame.copy(), resolve_palette, notes)
       pages.append(page)
-  pixel_size = None
-  if dpi and dpi[0] and dpi[1] and tuple(dpi) != (72, 72):  # 72 dpi = "not set" default
-    pixel_size = (25400.0 / float(dpi[1]), 25400.0 / float(dpi[0]))
-  return ImageFile(path, pages, rgb, pixel_size, "YX" + ("S" if pages[0].shape[-1] > 1 else ""),
-                   sorted(set(notes), key=notes.index))
+  if dpi:  # PNG pHYs, JPEG/BMP density: print settings, no pixel size
+    notes += _dpi_note(float(dpi[0]))
+  many = len(pages) > 1
+  return ImageFile(path, pages, rgb, None, "YX" + ("S" if pages[0].shape[-1] > 1 else ""),
+                   sorted(set(notes), key=notes.index), page_axes="I" if many else "",
+                   page_shape=(len(pages),) if many else ())
 
 
 # --------------------------------------------------------------------------
@@ -247,28 +367,42 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
     path: a TIFF, PNG, JPEG, BMP or GIF file.
     resolve_palette: False for label masks, whose palette indices are the labels.
   Raises:
-    UserInputError: naming the file if it is missing, empty, truncated, of an
-      unknown format or has axes that cannot be read as images.
+    UserInputError: one line naming the file if it is missing, empty, not
+      decodable (truncated, corrupted, of an unknown format), has axes that
+      cannot be read as images or a pixel type other than integer or float.
   """
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserInputError(f"file not found: {path}")
   if path.stat().st_size == 0:
     raise UserInputError(f"{path} is empty (0 bytes)")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # tifffile/Pillow metadata chatter
-      if path.suffix.lower() in TIFF_SUFFIXES:
-        image = _read_tiff(path, resolve_palette)
-      else:
-        image = _read_pil(path, resolve_palette)
-  except UserInputError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
-    raise UserInputError(f"cannot read {path} (truncated or corrupted file? "
-                         f"{type(e).__name__}: {e})") from e
+  tiff = path.suffix.lower() in TIFF_SUFFIXES
+  with warnings.catch_warnings(), _tifffile_log() as log:
+    warnings.simplefilter("ignore")  # tifffile/Pillow metadata chatter
+    try:
+      image = _read_tiff(path, resolve_palette) if tiff else _read_pil(path, resolve_palette)
+    except UserInputError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
+      why = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
+      # Decoders name the file too (Pillow: "cannot identify image file '/a/b.png'").
+      why = why.replace(f" {str(path)!r}", "").replace(str(path), path.name)
+      why += "".join(f"; {m}" for m in log[:1])  # e.g. "invalid offset to first page"
+      kind = "TIFF" if tiff else path.suffix[1:].upper() or "image"
+      raise UserInputError(f"{path}: not a readable {kind} "
+                           f"(truncated or corrupted file? {why})") from e
+  # What tifffile logged about a file it could read (e.g. "ImageJ series metadata
+  # invalid or corrupted file": fewer pages than written) is reported with it.
+  image.notes += [f"tifffile: {m}" for m in dict.fromkeys(log)]
   if not image.pages or min(image.pages[0].shape[:2]) < 1:
     raise UserInputError(f"{path} holds no pixels")
+  dtype = image.pages[0].dtype
+  if dtype.kind == "c":
+    raise UserInputError(f"{path}: complex-valued pixels ({dtype}) are not supported; save a "
+                         "real image (e.g. the magnitude or real part as float32)")
+  if dtype.kind not in "biuf":
+    raise UserInputError(f"{path}: pixel type {dtype} is not supported; save integer "
+                         "(8/16/32-bit) or float pixels")
   return image
 
 
@@ -311,7 +445,8 @@ def model_pages(path: str | pathlib.Path, channels: int) -> tuple[ImageFile, lis
 
 
 def write_tiff(path: str | pathlib.Path, array: np.ndarray,
-               pixel_size: tuple[float, float] | None = None, axes: str | None = None
+               pixel_size: tuple[float, float] | None = None, axes: str | None = None, *,
+               z_spacing: float | None = None, frame_interval: float | None = None
                ) -> pathlib.Path:
   """Writes an array with its pixel size.
 
@@ -319,12 +454,16 @@ def write_tiff(path: str | pathlib.Path, array: np.ndarray,
     path: the TIFF to write (its folder is created).
     array: ``[H, W]``, or with leading page/channel axes as named by ``axes``.
     pixel_size: ``(y, x)`` in micrometres, or None.
-    axes: ImageJ axes ending in ``YX`` (e.g. ``"CYX"``, ``"ZCYX"``); default
-      ``"YX"`` / ``"ZYX"`` by the number of dimensions.
+    axes: ImageJ axes ending in ``YX`` (e.g. ``"CYX"``, ``"ZCYX"``, ``"TZCYX"``);
+      default ``"YX"`` / ``"ZYX"`` / ``"ZCYX"`` by the number of dimensions.
+    z_spacing: micrometres between Z slices (ImageJ ``spacing``); written with
+      a ``pixel_size`` only, since ImageJ gives it in the pixel size's unit.
+    frame_interval: seconds between T frames (ImageJ ``finterval``).
 
   uint8/uint16/float32 are written as ImageJ hyperstacks (``unit = um``, pixel
   size in the resolution tags, which Fiji and napari read); other dtypes
-  (uint32 labels) get the standard TIFF resolution tags in pixels per cm.
+  (uint32 labels) get the standard TIFF resolution tags in pixels per cm and
+  keep ``axes`` in tifffile's metadata, without Z spacing or frame interval.
   """
   import tifffile
 
@@ -338,11 +477,15 @@ def write_tiff(path: str | pathlib.Path, array: np.ndarray,
   kwargs["metadata"] = {"axes": axes}
   if imagej:
     kwargs["imagej"] = True
+    if frame_interval and "T" in axes:
+      kwargs["metadata"]["finterval"] = float(frame_interval)
   if pixel_size is not None:
     y, x = (float(v) for v in pixel_size)
     if imagej:
       kwargs.update(resolution=(1.0 / x, 1.0 / y))
       kwargs["metadata"]["unit"] = "um"
+      if z_spacing and "Z" in axes:
+        kwargs["metadata"]["spacing"] = float(z_spacing)
     else:
       kwargs.update(resolution=(1e4 / x, 1e4 / y), resolutionunit="CENTIMETER")
   tifffile.imwrite(path, array, **kwargs)

@@ -7,8 +7,9 @@ and ``a.tif`` never collide:
 
 =========================  ==================================================
 ``NAME.EXT_prob.tif``      float32 per-class softmax probabilities, ImageJ
-                           axes ``CYX`` (``ZCYX`` for a stack); channel 1 =
-                           cell (cell interior for ISBI-like models)
+                           axes ``CYX`` (``TCYX``, ``ZCYX`` or ``TZCYX`` for a
+                           stack, see below); channel 1 = cell (cell interior
+                           for ISBI-like models)
 ``NAME.EXT_mask.tif``      uint8: 2 classes: 255 where p(cell) > threshold, else
                            0; K > 2 classes: the most probable class id
 ``NAME.EXT_labels.tif``    instances of the mask's foreground, made as
@@ -21,10 +22,15 @@ and ``a.tif`` never collide:
 =========================  ==================================================
 
 Stacks give one ``..._overlay_pNNN.png`` per page. The TIFFs carry the input's
-pixel size. The output folder must not be (inside) an input folder, and
-existing outputs are refused unless ``overwrite=True``. A file that cannot be
-read or converted is skipped with its reason; the others are processed
-(:class:`PredictResult` lists both).
+pixel size (only a physical calibration, never a dpi: see
+:mod:`unet_jax.image_io`). A stack keeps its leading axes: a time-lapse stays
+``T`` (with its frame interval), a Z stack ``Z`` (with its Z spacing), a
+``T`` x ``Z`` hyperstack ``TZ``; pages along any other axis (``I``, ``Q``,
+GIF frames) are written as a ``Z`` stack, ImageJ's plain stack. The output
+folder must not be (inside) an input folder, and existing outputs are refused
+unless ``overwrite=True``. A file that cannot be read or converted is skipped
+with a one-line reason; the others are processed (:class:`PredictResult` lists
+both, and ``exit_code`` is 1 if any was skipped).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ class PredictResult:
 
   Attributes:
     written: every file written.
-    failed: ``(input file, reason)`` of each skipped file.
+    failed: ``(input file, reason)`` of each skipped file; the reason names
+      the file only where its sentence needs it (``X is empty (0 bytes)``).
     notes: ``(input file, note)``: what was dropped or converted on reading.
   """
   written: list[pathlib.Path] = dataclasses.field(default_factory=list)
@@ -66,8 +73,19 @@ class PredictResult:
              f"{out_dir}"]
     if self.failed:
       lines.append(f"{len(self.failed)} file(s) skipped:")
-      lines += [f"  {path}: {reason}" for path, reason in self.failed]
+      lines += [f"  {skip_line(path, reason)}" for path, reason in self.failed]
     return "\n".join(lines)
+
+
+def skip_reason(path: pathlib.Path, error: Exception) -> str:
+  """The reason of a skipped file: the message without its leading ``PATH: ``."""
+  message = str(error)
+  return message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message
+
+
+def skip_line(path: pathlib.Path, reason: str) -> str:
+  """``PATH: reason``, the path once even if the reason names it already."""
+  return reason if str(path) in reason else f"{path}: {reason}"
 
 
 # --------------------------------------------------------------------------
@@ -138,6 +156,32 @@ def glob_escape(name: str) -> str:
 def label_dtype(num_objects: int) -> np.dtype:
   """uint16, or uint32 past 65,535 objects."""
   return np.dtype(np.uint16 if num_objects <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def stack_pages(pages: Sequence[np.ndarray], image: image_io.ImageFile
+                ) -> tuple[np.ndarray, str]:
+  """Stacks one result per page with the input's leading axes (module docstring).
+
+  Args:
+    pages: one array ``[...]`` per page of ``image`` (e.g. ``[K, H, W]``).
+    image: the input, for ``page_axes`` and ``page_shape``.
+  Returns:
+    ``(array, axes)``: ``pages[0]`` and ``""`` for one page; else
+    ``[T, ...]``, ``[Z, ...]`` or ``[T, Z, ...]`` with ``"T"``, ``"Z"`` or
+    ``"TZ"`` (ImageJ's order, a ``ZT`` input is transposed), or ``[N, ...]``
+    and ``"Z"`` for pages along other axes.
+  """
+  if len(pages) == 1:
+    return pages[0], ""
+  array = np.stack(pages)
+  axes = image.page_axes
+  if axes and set(axes) <= set("TZ") and len(set(axes)) == len(axes) \
+      and int(np.prod(image.page_shape)) == len(pages):
+    array = array.reshape(tuple(image.page_shape) + array.shape[1:])
+    if axes == "ZT":  # ImageJ hyperstacks are T, Z, C, Y, X
+      array, axes = np.swapaxes(array, 0, 1), "TZ"
+    return array, axes
+  return array, "Z"
 
 
 def mask_and_labels(probs: np.ndarray, params) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +284,33 @@ def input_channels(variables: Any, model: Any = None) -> int:
     return 1
 
 
+def check_request(inputs, out_dir: str | pathlib.Path, threshold: float | None = None,
+                  overwrite: bool = False) -> list[pathlib.Path]:
+  """The input files of a prediction, after the checks that need no model.
+
+  ``evaluate.py`` calls it before it loads a checkpoint, so that a wrong
+  ``--input`` or ``--out`` is one line at once; :func:`predict_files` again.
+
+  Raises:
+    UserInputError: no inputs, ``--out`` inside an input folder, existing
+      outputs without ``overwrite``, a threshold outside [0, 1).
+  """
+  if threshold is not None and not 0.0 <= threshold < 1.0:
+    raise UserInputError(f"--threshold={threshold}: must be in [0, 1)")
+  files = list_inputs(inputs)
+  out = pathlib.Path(out_dir)
+  check_out_dir(inputs, out)
+  if not overwrite and out.is_dir():
+    existing = _existing_outputs(files, out)
+    if existing:
+      raise UserInputError(
+          f"{len(existing)} output file(s) already exist in {out} (e.g. {existing[0].name}); "
+          "pass --overwrite to replace them or choose another --out")
+  return files
+
+
 def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, config, *,
-                  threshold: float = 0.5, tta: bool = False, progress: bool = True,
+                  threshold: float | None = None, tta: bool = False, progress: bool = True,
                   tile_size: int | None = None, overwrite: bool = False,
                   echo: Callable[[str], None] | None = None) -> PredictResult:
   """Segments users' images of any size; writes the files of the module docstring.
@@ -252,7 +321,8 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     out_dir: output folder (created); must not be an input folder or inside one.
     config: ``eval_tile_size`` / ``tile_size``, ``eval_batch_size``, ``instances``
       (how objects are made from p(cell); ``threshold`` overrides its threshold).
-    threshold: p(cell) above which a pixel is cell (2-class models).
+    threshold: p(cell) above which a pixel is cell (2-class models); None =
+      ``config.instances.threshold``, the run's own.
     tta: average the 8 flips/rotations.
     progress: a tqdm bar per file, moving by tiles.
     tile_size: overrides the config's tile size.
@@ -269,21 +339,13 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   from unet_jax import tiling
   from unet_jax.datasets import normalize
 
-  if not 0.0 <= threshold < 1.0:
-    raise UserInputError(f"--threshold={threshold}: must be in [0, 1)")
-  files = list_inputs(inputs)
+  files = check_request(inputs, out_dir, threshold, overwrite)
   out = pathlib.Path(out_dir)
-  check_out_dir(inputs, out)
-  if not overwrite and out.is_dir():
-    existing = _existing_outputs(files, out)
-    if existing:
-      raise UserInputError(
-          f"{len(existing)} output file(s) already exist in {out} (e.g. {existing[0].name}); "
-          "pass --overwrite to replace them or choose another --out")
   out.mkdir(parents=True, exist_ok=True)
   channels = input_channels(variables, model)
-  params = dataclasses.replace(instances.InstanceParams.from_config(config),
-                               threshold=float(threshold))
+  params = instances.InstanceParams.from_config(config)
+  if threshold is not None:
+    params = dataclasses.replace(params, threshold=float(threshold))
   tile = tile_size or config.eval_tile_size or config.tile_size
   # a bad --tile_size would fail every file: say so once
   tiling.check_tile_size(tile, model.depth, getattr(model, "padding", "valid"))
@@ -294,8 +356,9 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     try:
       image, pages = image_io.model_pages(path, channels)
     except UserInputError as e:
-      result.failed.append((path, str(e)))
-      say(f"skipped {path}: {e}")
+      reason = skip_reason(path, e)
+      result.failed.append((path, reason))
+      say(f"skipped {skip_line(path, reason)}")
       continue
     for note in image.notes:
       result.notes.append((path, note))
@@ -303,7 +366,8 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     bar = None
     if progress:
       from tqdm.auto import tqdm
-      bar = tqdm(total=0, desc=f"[{index + 1}/{len(files)}] {path.name}", unit="tile")
+      bar = tqdm(total=0, desc=f"[{index + 1}/{len(files)}] {path.name}", unit="tile",
+                 disable=None)  # None: off unless a terminal (no bar lines in log files)
 
     def on_tiles(done: int, total: int) -> None:
       if bar is not None:  # tiles of the current page (all TTA views)
@@ -325,22 +389,25 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
         probs.append(np.moveaxis(p, -1, 0).astype(np.float32))
         masks.append(m)
         labels.append(lab)
-      single = len(pages) == 1
-      stack = (lambda xs: xs[0]) if single else np.stack
       names = output_names(path, len(pages))
       n_objects = max(int(lab.max()) for lab in labels)
+      prob, lead = stack_pages(probs, image)  # lead: "", "T", "Z" or "TZ"
+      calibration = dict(z_spacing=image.z_spacing, frame_interval=image.frame_interval)
       written = [
-          image_io.write_tiff(out / names[0], stack(probs), image.pixel_size,
-                              "CYX" if single else "ZCYX"),
-          image_io.write_tiff(out / names[1], stack(masks), image.pixel_size),
-          image_io.write_tiff(out / names[2], stack(labels).astype(label_dtype(n_objects)),
-                              image.pixel_size)]
+          image_io.write_tiff(out / names[0], prob, image.pixel_size, lead + "CYX",
+                              **calibration),
+          image_io.write_tiff(out / names[1], stack_pages(masks, image)[0], image.pixel_size,
+                              lead + "YX", **calibration),
+          image_io.write_tiff(out / names[2],
+                              stack_pages(labels, image)[0].astype(label_dtype(n_objects)),
+                              image.pixel_size, lead + "YX", **calibration)]
       for name, page, lab in zip(names[3:], pages, labels):
         written += save_overlays(out / name[:-len(".png")], page, lab)
       result.written += written
     except UserInputError as e:
-      result.failed.append((path, str(e)))
-      say(f"skipped {path}: {e}")
+      reason = skip_reason(path, e)
+      result.failed.append((path, reason))
+      say(f"skipped {skip_line(path, reason)}")
     except OSError as e:  # e.g. disk full while writing
       result.failed.append((path, f"cannot write its results ({e})"))
       say(f"skipped {path}: cannot write its results ({e})")

@@ -390,7 +390,7 @@ def run_batched(model: nn.Module, variables: Any, tiles: np.ndarray, batch_size:
   starts = range(0, n, batch_size)
   if progress:
     from tqdm.auto import tqdm
-    starts = tqdm(starts, desc="tiles", unit="batch", leave=False)
+    starts = tqdm(starts, desc="tiles", unit="batch", leave=False, disable=None)
   outs = []
   for s in starts:
     batch = tiles[s:s + batch_size]
