@@ -34,11 +34,15 @@ def main(argv):
       print(note)
     report = train_lib.dry_run(config)
     print(f"parameters:            {report['parameters']:,}")
+    devices = report["devices"]
     print(f"input tile:            {report['input_tile']} x {report['input_tile']} "
-          f"(batch {report['batch_size']})")
+          f"(batch {report['batch_size']}"
+          + (f", {report['batch_size'] // devices} on each of {devices} devices)"
+             if devices > 1 else ")"))
     print(f"output tile:           {report['output_tile']} x {report['output_tile']}")
     peak = report["estimated_peak_memory_bytes"]
-    print("estimated peak memory: " + (f"{peak / 2**20:,.1f} MiB (XLA buffer assignment)"
+    print("estimated peak memory: " + (f"{peak / 2**20:,.1f} MiB per device (XLA buffer "
+                                       "assignment)"
                                        if peak is not None else "unknown on this backend"))
     print(f"one train step:        {report['step_seconds']:.3f} s on {report['backend']}")
     return

@@ -186,3 +186,34 @@ def test_make_mesh_single_device():
   import jax
   mesh = parallel.make_mesh(jax.devices()[:1])
   assert mesh.axis_names == ("data",) and mesh.devices.size == 1
+
+
+_DRY_RUN_SCRIPT = textwrap.dedent("""
+    import jax
+    from configs import tiny
+    from unet_jax import config_lib, train_lib
+    assert jax.device_count() == 2
+    c = config_lib.resolve(tiny.get_config(), 1)
+    c.batch_size = 2
+    report = train_lib.dry_run(c)
+    print("PEAK", report["estimated_peak_memory_bytes"], report["devices"])
+""")
+
+
+def test_dry_run_estimates_memory_per_device(tiny_config):
+  """--dry_run compiles the step as the training runs it: on 2 devices a batch of 2 needs
+  about the memory of a batch of 1 on one device, not that of a batch of 2."""
+  from unet_jax import config_lib, train_lib
+  proc = subprocess.run([sys.executable, "-c", _DRY_RUN_SCRIPT], env=_two_device_env(),
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (line,) = [l for l in proc.stdout.splitlines() if l.startswith("PEAK")]
+  two_devices, devices = map(int, line.split()[1:])
+  assert devices == 2
+  one = {}
+  for b in (1, 2):
+    c = config_lib.resolve(tiny_config.copy_and_resolve_references(), 1)
+    c.batch_size = b
+    one[b] = train_lib.dry_run(c)["estimated_peak_memory_bytes"]
+  assert abs(two_devices - one[1]) < 0.05 * one[1], (two_devices, one)
+  assert two_devices < 0.75 * one[2], (two_devices, one)

@@ -295,10 +295,11 @@ def param_count(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-def _fake_batch(config: ml_collections.ConfigDict) -> Batch:
+def _fake_batch(config: ml_collections.ConfigDict, process_count: int = 1) -> Batch:
+  """Zeros shaped like this process's share of a training batch."""
   t = config.tile_size
   o = model_lib.tile_output_size(t, config.depth, config.padding)
-  b = config.batch_size
+  b = config.batch_size // process_count
   return {"image": np.zeros((b, t, t, config.in_channels), np.float32),
           "label": np.zeros((b, o, o), np.int32), "weight": np.ones((b, o, o), np.float32)}
 
@@ -332,8 +333,13 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   config_lib.validate(config)
   model = model_lib.from_config(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
-  step = make_train_step(model, config)
-  batch = _fake_batch(config)
+  # As the training runs it: split over the devices, so the memory estimate is
+  # per device (batch_size / devices), not the whole batch on one.
+  mesh = _data_parallel_mesh(config)
+  step = make_train_step(model, config, mesh)
+  batch = _fake_batch(config, jax.process_count())
+  if mesh is not None:
+    state, batch = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
   compiled = step.lower(state, batch).compile()
   mem = compiled.memory_analysis()
   peak = None
@@ -351,7 +357,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
           "output_tile": model_lib.tile_output_size(config.tile_size, config.depth,
                                                     model.padding),
           "batch_size": config.batch_size,
-          "estimated_peak_memory_bytes": peak,
+          "devices": jax.device_count(),
+          "estimated_peak_memory_bytes": peak,  # per device
           "step_seconds": seconds,
           "backend": jax.default_backend()}
 
