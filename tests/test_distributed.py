@@ -82,6 +82,15 @@ def _launch(workdir, args, logs, script="train.py"):
           for i in range(2)]
 
 
+def _launch_and_wait_for_rows(workdir, args, logs, rows):
+  """Starts the 2 processes and returns once ``rows`` steps are logged (or process 0 ended)."""
+  procs = _launch(workdir, args, logs)
+  deadline = time.time() + 1800
+  while time.time() < deadline and len(_train_rows(workdir)) < rows and procs[0].poll() is None:
+    time.sleep(0.02)
+  return procs
+
+
 def _train_rows(workdir):
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.is_file():
@@ -90,6 +99,14 @@ def _train_rows(workdir):
 
 
 _STEPS = 12
+
+
+def _assert_every_step_logged_once_with_the_losses(workdir, ref):
+  """Steps 1.._STEPS each logged once, with the losses of ``ref`` (to 1e-4)."""
+  after = {r["step"]: r["loss"] for r in _train_rows(workdir)}
+  assert len(after) == len(_train_rows(workdir)) and sorted(after) == list(range(1, _STEPS + 1))
+  np.testing.assert_allclose([after[s] for s in sorted(after)], [ref[s] for s in sorted(ref)],
+                             rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +139,7 @@ def test_two_processes_match_one_and_resume_exactly_after_both_are_killed(one_pr
   args = ["--config=configs/tiny.py", "--config.batch_size=2", f"--config.num_steps={steps}",
           "--config.eval_every=0", "--config.log_every=1", "--config.checkpoint_every=4"]
   work, logs = tmp_path / "two", [tmp_path / "p0.log", tmp_path / "p1.log"]
-  procs = _launch(work, args, logs)
-  deadline = time.time() + 1800
-  while time.time() < deadline and len(_train_rows(work)) < 5 and procs[0].poll() is None:
-    time.sleep(0.02)
+  procs = _launch_and_wait_for_rows(work, args, logs, 5)
   procs[1].send_signal(signal.SIGSTOP)  # process 0 now waits in the next all-reduce
   assert procs[0].poll() is None, "the run ended before it could be killed: " + \
       logs[0].read_text()[-2000:]
@@ -198,10 +212,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes(
   args = ["--config=configs/tiny.py", "--config.batch_size=2", f"--config.num_steps={steps}",
           "--config.eval_every=0", "--config.log_every=1", "--config.checkpoint_every=1000"]
   work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
-  procs = _launch(work, args, logs)
-  deadline = time.time() + 1800
-  while time.time() < deadline and len(_train_rows(work)) < 3 and procs[0].poll() is None:
-    time.sleep(0.02)
+  procs = _launch_and_wait_for_rows(work, args, logs, 3)
   procs[1].send_signal(signal.SIGTERM)
   codes = [p.wait(timeout=1800) for p in procs]
   assert codes == [143, 143], [log.read_text()[-2000:] for log in logs]
@@ -214,10 +225,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes(
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"resumed from checkpoint step {saved[0]}" in proc.stderr
   assert f"data continue at step {saved[0]}" in proc.stderr
-  after = {r["step"]: r["loss"] for r in _train_rows(work)}
-  assert sorted(after) == list(range(1, steps + 1))
-  np.testing.assert_allclose([after[s] for s in sorted(after)], [ref[s] for s in sorted(ref)],
-                             rtol=1e-4, atol=1e-4)
+  _assert_every_step_logged_once_with_the_losses(work, ref)
 
 
 @pytest.mark.slow
@@ -241,10 +249,7 @@ def test_both_processes_reposition_the_data_when_one_cannot_restore_its_position
     text = log.read_text()
     assert "resumed from checkpoint step 8" in text and "data continue at step 8" in text, \
         text[-2000:]
-  after = {r["step"]: r["loss"] for r in _train_rows(work)}
-  assert sorted(after) == list(range(1, _STEPS + 1))
-  np.testing.assert_allclose([after[s] for s in sorted(after)], [ref[s] for s in sorted(ref)],
-                             rtol=1e-4, atol=1e-4)
+  _assert_every_step_logged_once_with_the_losses(work, ref)
 
 
 @pytest.mark.slow
