@@ -57,7 +57,7 @@ def test_instance_overrides_change_only_the_instances_block():
       ("components", 0.8, 5, False)
   assert base.instances.method == "watershed" and base.instances.seed_radius == 2  # a copy
   assert new.features == base.features and new.instances.min_size == base.instances.min_size
-  for item, needle in [("seed_radius=2.5", "takes a int"), ("colour=red", "FIELD one of"),
+  for item, needle in [("seed_radius=2.5", "takes an integer"), ("colour=red", "FIELD one of"),
                        ("method=magic", "must be one of components, watershed"),
                        ("threshold=1.5", "must be in [0, 1)"), ("min_size", "FIELD=VALUE")]:
     with pytest.raises(UserInputError, match=re.escape(needle)):

@@ -280,8 +280,10 @@ def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
   changed = config_lib.override_instances(saved, ["method=watershed", "seed_threshold=0.6",
                                                   "min_size=3"])
   expected = instances.from_probability(probs[1], instances.InstanceParams.from_config(changed))
-  np.testing.assert_array_equal(tifffile.imread(tmp_path / "ws" / "cells.tif_labels.tif"),
-                                expected)
+  written = tifffile.imread(tmp_path / "ws" / "cells.tif_labels.tif")
+  np.testing.assert_array_equal(written, expected)
+  default = instances.from_probability(probs[1], instances.InstanceParams.from_config(saved))
+  assert not np.array_equal(written, default)  # the flag changed the labels
   run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
                   f"--out={tmp_path / 'bad'}", "--instances=method=magic")
   assert run.returncode == 2 and "must be one of components, watershed" in run.stderr

@@ -186,10 +186,12 @@ def test_data_continue_at_the_step_when_the_position_cannot_be_restored(tiny_con
                                                                         caplog, change):
   """A checkpoint whose data-iterator position cannot be restored (a damaged file; a run
   resumed with grain workers, whose position has another layout) still resumes: the
-  state from the checkpoint, the data from its step. Batch 1, so the batches are the same
-  with or without workers: the run ends bit-identical to an uninterrupted one."""
+  state from the checkpoint, the data from its step; and a second resume, from a
+  checkpoint of the repositioned run, lands on the right batch too. Batch 1, so the
+  batches are the same with or without workers: the run ends bit-identical to an
+  uninterrupted one."""
   c = tiny_config
-  c.eval_every, c.num_steps, c.checkpoint_every, c.batch_size = 0, 6, 3, 1
+  c.eval_every, c.num_steps, c.checkpoint_every, c.batch_size = 0, 9, 3, 1
   train_lib.train_and_evaluate(c, str(tmp_path / "ref"))
   c.num_steps = 3
   train_lib.train_and_evaluate(c, str(tmp_path / "run"))
@@ -204,6 +206,11 @@ def test_data_continue_at_the_step_when_the_position_cannot_be_restored(tiny_con
   assert any("position of checkpoint 3 was not restored" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
   assert not list((tmp_path / "run" / "checkpoints").glob("*.corrupt"))  # the state was fine
+  caplog.clear()
+  c.num_steps = 9
+  with caplog.at_level("WARNING"):
+    train_lib.train_and_evaluate(c, str(tmp_path / "run"))  # resumes at 6, position restored
+  assert not any("not restored" in r.getMessage() for r in caplog.records)
   _assert_trees_equal(_params(tmp_path / "ref"), _params(tmp_path / "run"))
 
 

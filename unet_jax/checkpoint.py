@@ -129,10 +129,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     UserInputError: if checkpoints exist but none can be read (e.g. they come
       from a different architecture).
   """
-  steps = sorted(manager.all_steps(), reverse=True)
+  # Process 0's listing: a shared filesystem may show another process a stale one.
+  steps = distributed.broadcast_ints(sorted(manager.all_steps(), reverse=True))
   errors = []
   for step in steps:
-    state, error = _try_restore(manager, step, state=ocp.args.StandardRestore(abstract_state))
+    restored, error = _try_restore(manager, step,
+                                   state=ocp.args.StandardRestore(abstract_state))
     if not distributed.all_agree(error is None):
       log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step,
                   manager.directory, error or "in another process")
@@ -145,7 +147,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     if not data_restored:
       log.warning("the data-iterator position of checkpoint %d was not restored (in this "
                   "or another process); the data continue at step %d instead", step, step)
-    return Restored(state.state, step, data_restored)
+    return Restored(restored.state, step, data_restored)
   if errors:
     raise UserInputError(
         f"none of the checkpoints {steps} in {manager.directory} could be restored "
@@ -160,7 +162,12 @@ def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
   try:
     return manager.restore(step, args=ocp.args.Composite(**items)), None
   except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
-    return None, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None, _first_line(e)
+
+
+def _first_line(e: Exception) -> str:
+  """``"Type: first line of the message"`` for a log line."""
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def _restore_position(manager: ocp.CheckpointManager, step: int, data_iter: Any) -> bool:
@@ -175,8 +182,8 @@ def _restore_position(manager: ocp.CheckpointManager, step: int, data_iter: Any)
         directory, args=grain.checkpoint.CheckpointRestore(data_iter))
     return True
   except Exception as e:  # noqa: BLE001 - another layout (processes, workers) or a damaged file
-    log.warning("the data-iterator position in %s is unusable here (%s: %s)", directory,
-                type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+    log.warning("the data-iterator position in %s is unusable here (%s)", directory,
+                _first_line(e))
     return False
 
 

@@ -9,6 +9,7 @@ and the resolved config is what the rest of the run uses and what
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -97,9 +98,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "a GPU/TPU, waiting ones on a CPU), 'on' or 'off'")
 
 
-INSTANCE_METHODS = ("components", "watershed")
-
-
 def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
                        ) -> ml_collections.ConfigDict:
   """A copy of ``config`` with ``config.instances`` fields set from ``FIELD=VALUE`` items.
@@ -111,7 +109,10 @@ def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
   Raises:
     UserInputError: for an unknown field, a value of the wrong type or range.
   """
+  from unet_jax import instances  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())
+  if config.get("instances") is None:  # e.g. an exported graph without a rule: the defaults
+    config.instances = dataclasses.asdict(instances.InstanceParams())
   block = config.instances
   for item in items:
     key, sep, text = (part.strip() for part in item.partition("="))
@@ -125,12 +126,12 @@ def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
       else:
         value = type(old)(text)
     except (KeyError, ValueError):
-      raise UserInputError(f"--instances {item!r}: {key} takes a {type(old).__name__} "
-                           f"(now {old!r})") from None
+      kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(old), "text")
+      raise UserInputError(f"--instances {item!r}: {key} takes {kind} (now {old!r})") from None
     block[key] = value
-  if block.method not in INSTANCE_METHODS:
+  if block.method not in instances.METHODS:
     raise UserInputError(f"--instances method={block.method!r}: must be one of "
-                         f"{', '.join(INSTANCE_METHODS)}")
+                         f"{', '.join(instances.METHODS)}")
   for key in ("threshold", "seed_threshold"):
     if not 0.0 <= block[key] < 1.0:
       raise UserInputError(f"--instances {key}={block[key]}: must be in [0, 1)")

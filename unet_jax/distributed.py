@@ -128,6 +128,17 @@ def all_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def broadcast_ints(values: Sequence[int]) -> list[int]:
+  """Process 0's ``values`` in every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return list(values)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  n = int(multihost_utils.broadcast_one_to_all(np.int32(len(values))))
+  padded = np.full(max(n, 1), -1, np.int64)
+  padded[:min(n, len(values))] = list(values)[:n]
+  return [int(v) for v in multihost_utils.broadcast_one_to_all(padded)[:n]]
+
+
 def barrier(name: str) -> None:
   """Waits until every process gets here (nothing to do for one process)."""
   if jax.process_count() > 1:

@@ -385,21 +385,14 @@ def _score_text(score: dict | None) -> str:
   return "Validation score of the exported checkpoint" + at + ": " + ", ".join(parts) + "."
 
 
-def _instance_params(config):
-  """The run's ``instances.InstanceParams`` (the defaults where the config has none)."""
-  from unet_jax import instances
-  if config.get("instances") is None:
-    return instances.InstanceParams()
-  return instances.InstanceParams.from_config(config)
-
-
 def instance_text(config, name: str) -> str:
   """The package README's section on how this run makes instances from the output.
 
   States the rule of ``config.instances`` with its parameters, its core in
   SciPy/scikit-image calls, and the unet_jax calls that reproduce it exactly.
   """
-  q = _instance_params(config)
+  from unet_jax import instances
+  q = instances.InstanceParams.from_config(config)
   head = "## From probabilities to instances\n\n"
   if int(config.num_classes) != 2:
     return head + (

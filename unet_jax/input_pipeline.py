@@ -23,6 +23,7 @@ exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
@@ -109,6 +110,7 @@ def weights_for(config, data: SegmentationData, *,
     fd, tmp = tempfile.mkstemp(dir=paths[i].parent, prefix=paths[i].stem, suffix=".tmp.npy")
     with os.fdopen(fd, "wb") as f:
       np.save(f, w)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache from other users
     os.replace(tmp, paths[i])
   return [np.load(p) for p in paths]
 
@@ -175,6 +177,56 @@ def make_train_iterator(config, data: SegmentationData, *,
   if not len(data):
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
   weights = weights_for(config, data) if weights is None else weights
+  make = functools.partial(_pipeline_from, config, data, weights, process_index, process_count)
+  return StepPositionedIterator(make, start_step)
+
+
+class StepPositionedIterator(grain.DatasetIterator):
+  """The training iterator, with a saved position that holds the step it started at.
+
+  A pipeline rebuilt at a later step (``make(start_step)``: a run resumed
+  with another number of processes or workers) counts its own position from
+  that step. Its state is therefore saved as ``{"start_step": s, "iterator":
+  the pipeline's own}``, and ``set_state`` rebuilds the pipeline at ``s``
+  before restoring it, so every later resume lands on the right batch. (A
+  bare pipeline state, from before this class, is taken as ``s = 0``.)
+  """
+
+  def __init__(self, make, start_step: int = 0):
+    super().__init__()
+    self._make, self._start = make, int(start_step)
+    self._it = make(self._start)
+
+  def __next__(self):
+    return next(self._it)
+
+  def get_state(self) -> dict:
+    return {"start_step": self._start, "iterator": self._it.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    if "start_step" not in state:
+      state = {"start_step": 0, "iterator": state}
+    start = int(state["start_step"])
+    if start != self._start:
+      self._it.close()
+      self._it, self._start = self._make(start), start
+    self._it.set_state(state["iterator"])
+
+  def start_prefetch(self) -> None:
+    self._it.start_prefetch()
+
+  def close(self) -> None:
+    self._it.close()
+
+
+def _pipeline_from(config, data: SegmentationData, weights: Sequence[np.ndarray],
+                   process_index: int, process_count: int,
+                   start_step: int) -> grain.DatasetIterator:
+  """The grain pipeline of :func:`make_train_iterator`, its first batch that of ``start_step``.
+
+  Yields batches ``{"image": [b, T, T, C], "label": [b, O, O], "weight": [b, O, O]}``,
+  b = ``batch_size / process_count``.
+  """
   tile = int(config.tile_size)
   out = model.tile_output_size(tile, config.depth, config.padding)
   sampler = TileSampler(tuple(data.images), tuple(data.labels),

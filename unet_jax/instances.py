@@ -59,8 +59,12 @@ class InstanceParams:
   @classmethod
   def from_config(cls, config) -> "InstanceParams":
     """From the ``config.instances`` block (see configs/default.py; workdirs
-    written before the block existed get it from ``config_lib.load_saved``)."""
-    c = config.instances
+    written before the block existed get it from ``config_lib.load_saved``);
+    the defaults (the paper's rule) where the config has none, e.g. an
+    exported graph whose metadata holds no rule."""
+    c = config.get("instances")
+    if c is None:
+      return cls()
     return cls(method=str(c.method), threshold=float(c.threshold),
                seed_threshold=float(c.seed_threshold), seed_radius=int(c.seed_radius),
                min_size=int(c.min_size), fill_gaps=bool(c.fill_gaps))

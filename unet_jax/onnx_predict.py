@@ -88,6 +88,7 @@ class OnnxUNet:
 
 
 def _as_model(model: OnnxUNet | str | pathlib.Path) -> OnnxUNet:
+  """``model`` itself, or the graph at that path."""
   return model if isinstance(model, OnnxUNet) else OnnxUNet(model)
 
 
@@ -139,6 +140,5 @@ def segment_image(model: OnnxUNet | str | pathlib.Path, image: np.ndarray, *,
 
   model = _as_model(model)
   probs = predict_image(model, image, tile_size=tile_size, tta=tta)
-  params = (instances.InstanceParams.from_config(model.config)
-            if model.config.get("instances") is not None else instances.InstanceParams())
+  params = instances.InstanceParams.from_config(model.config)
   return probs, predict.mask_and_labels(probs, params)[1]

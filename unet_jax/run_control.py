@@ -148,10 +148,12 @@ class StopTogether:
     self.requested = False
 
   def check(self, step: int) -> bool:
+    """Whether to save and stop after ``step`` (the same answer in every process)."""
     if not self.requested:
+      import jax  # pylint: disable=g-import-not-at-top
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       self.requested = multihost_utils.reached_preemption_sync_point(step)
-      if self.requested:
+      if self.requested and jax.process_index() == 0:
         print(f"\nSIGTERM: all processes stop after step {step} and save a checkpoint",
               file=sys.stderr, flush=True)
     return self.requested

@@ -296,7 +296,8 @@ def param_count(params) -> int:
 
 
 def _fake_batch(config: ml_collections.ConfigDict, process_count: int = 1) -> Batch:
-  """Zeros shaped like this process's share of a training batch."""
+  """Zeros shaped like this process's share of a training batch: ``image [b, T, T, C]``,
+  ``label``/``weight [b, O, O]``, b = ``batch_size / process_count``."""
   t = config.tile_size
   o = model_lib.tile_output_size(t, config.depth, config.padding)
   b = config.batch_size // process_count
@@ -429,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return _train(config, workdir, stop, primary_process)
 
 
-def _stop_together():
+def _stop_together() -> run_control.StopTogether | run_control.NoStop:
   """``StopTogether``, or ``NoStop`` if JAX's preemption service is off."""
   if not jax.config.jax_enable_preemption_service:
     log.warning("JAX's preemption service is off (jax_enable_preemption_service): a "
@@ -468,6 +469,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
     state, start = restored.state, restored.step
     log.info("resumed from checkpoint step %d in %s", start, workdir)
     if not restored.data_restored:  # e.g. resumed with another number of processes
+      data_iter.close()
       data_iter = input_pipeline.make_train_iterator(
           config, train_data, process_index=jax.process_index(),
           process_count=jax.process_count(), start_step=start)
