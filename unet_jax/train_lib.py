@@ -418,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if primary_process:
       try:
         stack.enter_context(run_control.WorkdirLock(workdir))
-      except UserInputError as e:
+      except Exception as e:  # pylint: disable=broad-except  # raised below, once all know
         lock_error = e
     if not distributed.all_agree(lock_error is None):
       raise lock_error or UserInputError(
