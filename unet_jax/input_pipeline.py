@@ -195,6 +195,7 @@ class StepPositionedIterator(grain.DatasetIterator):
   def __init__(self, make, start_step: int = 0):
     super().__init__()
     self._make, self._start = make, int(start_step)
+    self._it = None  # stays None if make() raises: close() (also from __del__) then has nothing to do
     self._it = make(self._start)
 
   def __next__(self):
@@ -216,7 +217,8 @@ class StepPositionedIterator(grain.DatasetIterator):
     self._it.start_prefetch()
 
   def close(self) -> None:
-    self._it.close()
+    if self._it is not None:
+      self._it.close()
 
 
 def _pipeline_from(config, data: SegmentationData, weights: Sequence[np.ndarray],
