@@ -152,8 +152,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 def make_train_iterator(config, data: SegmentationData, *,
                         weights: Sequence[np.ndarray] | None = None,
-                        process_index: int = 0, process_count: int = 1,
-                        start_step: int = 0) -> grain.DatasetIterator:
+                        process_index: int = 0, process_count: int = 1
+                        ) -> "StepPositionedIterator":
   """Endless iterator of augmented training batches.
 
   Args:
@@ -164,12 +164,9 @@ def make_train_iterator(config, data: SegmentationData, *,
     process_index, process_count: in a multi-process run, this process reads
       only its block of ``B / process_count`` samples of every global batch
       (``unet_jax.distributed.shard_dataset``).
-    start_step: the first batch is the one of this (0-based) step: the data
-      position of a run resumed at that step, whatever the number of processes
-      or workers that wrote its checkpoint. Every sample depends only on the
-      seed and its index, so the batches are those an uninterrupted run reads.
   Returns:
-    A grain ``DatasetIterator`` (``get_state()``/``set_state()``) yielding
+    A grain ``DatasetIterator`` (``get_state()``/``set_state()``; ``restart_at(step)``
+    repositions it) yielding
     ``{"image": float32 [B, T, T, C], "label": int32 [B, O, O],
     "weight": float32 [B, O, O]}`` with T = ``tile_size``, O its output size,
     B = ``batch_size / process_count``.
@@ -178,7 +175,7 @@ def make_train_iterator(config, data: SegmentationData, *,
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")
   weights = weights_for(config, data) if weights is None else weights
   make = functools.partial(_pipeline_from, config, data, weights, process_index, process_count)
-  return StepPositionedIterator(make, start_step)
+  return StepPositionedIterator(make)
 
 
 class StepPositionedIterator(grain.DatasetIterator):
@@ -192,9 +189,9 @@ class StepPositionedIterator(grain.DatasetIterator):
   bare pipeline state, from before this class, is taken as ``s = 0``.)
   """
 
-  def __init__(self, make, start_step: int = 0):
+  def __init__(self, make):
     super().__init__()
-    self._make, self._start = make, int(start_step)
+    self._make, self._start = make, 0
     self._it = None  # stays None if make() raises: close() (also from __del__) then has nothing to do
     self._it = make(self._start)
 
@@ -209,9 +206,18 @@ class StepPositionedIterator(grain.DatasetIterator):
       state = {"start_step": 0, "iterator": state}
     start = int(state["start_step"])
     if start != self._start:
-      self._it.close()
-      self._it, self._start = self._make(start), start
+      self.restart_at(start)
     self._it.set_state(state["iterator"])
+
+  def restart_at(self, step: int) -> None:
+    """Rebuilds the pipeline so that its first batch is that of ``step`` (0-based).
+
+    The data position of a run resumed at ``step`` whatever the number of
+    processes or workers that wrote its checkpoint: every sample depends only
+    on the seed and its index, so the batches are those an uninterrupted run reads.
+    """
+    self._it.close()
+    self._it, self._start = self._make(step), int(step)
 
   def start_prefetch(self) -> None:
     self._it.start_prefetch()

@@ -469,10 +469,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
     state, start = restored.state, restored.step
     log.info("resumed from checkpoint step %d in %s", start, workdir)
     if not restored.data_restored:  # e.g. resumed with another number of processes
-      data_iter.close()
-      data_iter = input_pipeline.make_train_iterator(
-          config, train_data, process_index=jax.process_index(),
-          process_count=jax.process_count(), start_step=start)
+      data_iter.restart_at(start)
   else:
     log.info("no checkpoint in %s: starting from scratch (%d parameters)",
              workdir, param_count(state.params))
