@@ -6,7 +6,8 @@
     python evaluate.py --onnx MODEL.onnx --mode predict --input IMAGES --out OUT   # exported model
 
 Exit status: 0 = done; 1 = predict mode skipped some files (listed at the end,
-the others were written); 2 = a user error before any work (one line).
+the others were written); 2 = a user error before any work (one line), or
+predict mode could segment none of its inputs.
 
 Evaluation runs in one process, on all of its host's devices. Launched as
 several processes (the flags of train.py, or ``srun -n N``), process 0 does the

@@ -258,6 +258,11 @@ def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
   assert probs.shape == (2, 37, 45) and probs.dtype == np.float32
   np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
   assert (out / "cells.tif_overlay.png").is_file()
+  # Nothing usable came out: bad input, exit 2 (the reason is still listed).
+  run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs / 'empty.tif'}",
+                  f"--out={tmp_path / 'none'}", "--tile_size=48")
+  assert run.returncode == 2 and "Traceback" not in run.stderr
+  assert "0 of 1 files segmented" in run.stdout and "empty.tif is empty" in run.stdout
   # Outputs are never overwritten silently; --out inside --input is refused.
   run = _evaluate(f"--workdir={workdir}", "--mode=predict", f"--input={inputs}",
                   f"--out={out}", "--tile_size=48")

@@ -255,6 +255,10 @@ def test_corrupt_tiff_is_skipped_with_one_clear_line(tiny_config, tmp_path, capl
   failed = dict(result.failed)
   assert failed[folder / "bad.tif"].startswith("not a readable TIFF (")
   assert result.exit_code == 1  # the folder's other files were segmented
+  nothing = predict.predict_files(model, variables, [folder / "bad.tif", folder / "empty.tif"],
+                                  tmp_path / "none", tiny_config, progress=False)
+  assert len(nothing.failed) == 2 and not nothing.written
+  assert nothing.exit_code == 2  # none could be segmented: the CLIs' code for bad input
   skips = [line for line in lines if line.startswith("skipped")]
   summary = result.summary(3, out).splitlines()
   assert f"skipped {folder / 'bad.tif'}: not a readable TIFF (" in skips[0]

@@ -30,7 +30,7 @@ GIF frames) are written as a ``Z`` stack, ImageJ's plain stack. The output
 folder must not be (inside) an input folder, and existing outputs are refused
 unless ``overwrite=True``. A file that cannot be read or converted is skipped
 with a one-line reason; the others are processed (:class:`PredictResult` lists
-both, and ``exit_code`` is 1 if any was skipped).
+both; ``exit_code`` is 1 if some were skipped, 2 if none could be segmented).
 """
 
 from __future__ import annotations
@@ -64,8 +64,13 @@ class PredictResult:
 
   @property
   def exit_code(self) -> int:
-    """0 if every file was processed, 1 if some were skipped."""
-    return 1 if self.failed else 0
+    """0 if every file was processed, 1 if some were skipped, 2 if all were.
+
+    2 is the CLIs' code for bad input: nothing usable came out of the run.
+    """
+    if not self.failed:
+      return 0
+    return 1 if self.written else 2
 
   def summary(self, num_inputs: int, out_dir: pathlib.Path) -> str:
     ok = num_inputs - len(self.failed)
