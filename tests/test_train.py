@@ -351,6 +351,31 @@ def test_no_checkpoint_with_non_finite_parameters(tiny_config, tmp_path):
   assert not list((tmp_path / "other").glob("*/*"))
 
 
+def test_own_loop_checkpoints_without_a_data_iterator(tmp_path):
+  """A library user's loop (flax's TrainState, own data) saves and resumes the state alone."""
+  import optax
+  from flax.training import train_state
+  model = model_lib.UNet(features=4, depth=2, num_classes=2)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 44, 44, 1), np.float32))["params"]
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                        tx=optax.sgd(0.1, momentum=0.99))
+  grads = jax.tree.map(lambda x: np.full(x.shape, 0.5, x.dtype), params)
+  state = state.apply_gradients(grads=grads)  # a non-zero momentum trace to restore
+  manager = checkpoint.train_manager(tmp_path)
+  checkpoint.save(manager, 7, state)
+  manager.close()
+  assert (tmp_path / "checkpoints" / "7" / "state").is_dir()
+  assert not (tmp_path / "checkpoints" / "7" / "data_iter").exists()
+  manager = checkpoint.train_manager(tmp_path)
+  abstract = jax.eval_shape(lambda: state)
+  restored = checkpoint.restore_latest(manager, abstract)
+  manager.close()
+  assert restored.step == 7 and not restored.data_restored
+  _assert_trees_equal(state.params, restored.state.params)
+  _assert_trees_equal(state.opt_state, restored.state.opt_state)
+  assert int(restored.state.step) == 1
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_parameters(tiny_config, tmp_path):
   """Kill train.py mid-run, re-run: same final parameters as an uninterrupted run."""

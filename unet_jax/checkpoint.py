@@ -78,20 +78,29 @@ def _refuse_non_finite(step: int, tree: Any, what: str) -> None:
                          "checkpoint was not written")
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         data_iter: Any | None = None) -> None:
   """Saves the train state pytree and the grain iterator position at ``step``.
 
   With a synchronous manager the checkpoint is on disk when this returns; with
   an asynchronous one (``train_manager(async_save=True)``) it is being written,
   and ``manager.close()`` (or the next save) waits for it.
 
+  Args:
+    manager: from :func:`train_manager`.
+    step: the step the state was reached at.
+    state: a pytree with a ``params`` attribute (``train_lib.TrainState``, or a
+      library user's own ``flax.training.train_state.TrainState``).
+    data_iter: a grain iterator whose position is saved with the state; None
+      for a loop that feeds its own data (only the state is saved).
   Raises:
     NonFiniteError: if the parameters hold a NaN/Inf (nothing is written).
   """
   _refuse_non_finite(step, state.params, "parameters")
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+  items = dict(state=ocp.args.StandardSave(state))
+  if data_iter is not None:
+    items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 class Restored(NamedTuple):
@@ -102,7 +111,7 @@ class Restored(NamedTuple):
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iter: Any) -> Restored | None:
+                   data_iter: Any | None = None) -> Restored | None:
   """Restores the newest readable checkpoint; falls back to older ones.
 
   A corrupt or incomplete newest checkpoint is reported with a warning and the
@@ -122,7 +131,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     manager: from :func:`train_manager`.
     abstract_state: pytree of the train state (arrays or ShapeDtypeStructs)
       giving structure, shapes and dtypes.
-    data_iter: grain iterator whose position is restored in place.
+    data_iter: grain iterator whose position is restored in place; None for
+      a loop that feeds its own data (``data_restored`` is then False).
   Returns:
     A :class:`Restored`, or None if there is no checkpoint.
   Raises:
@@ -143,6 +153,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     if errors:
       _set_aside(manager, [s for s, _ in errors])
       log.warning("resumed from the older checkpoint %d", step)
+    if data_iter is None:
+      return Restored(restored.state, step, False)
     data_restored = distributed.all_agree(_restore_position(manager, step, data_iter))
     if not data_restored:
       log.warning("the data-iterator position of checkpoint %d was not restored (in this "
