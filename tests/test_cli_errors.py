@@ -5,6 +5,7 @@ turns it into one line on stderr and exit code 2 (checked once end to end).
 Flag parsing errors are checked in-process on a private ``FlagValues``.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -90,6 +91,24 @@ def test_label_values_outside_expected(tmp_path):
   labels[0, 0, 0] = 7
   tifffile.imwrite(data / "isbi2012" / "train-labels.tif", labels)
   _train_error(_isbi_config(data), tmp_path / "w", "must be 0 (membrane) or 255", "[7]")
+
+
+def test_load_file_works_from_any_directory(tmp_path):
+  """A library user outside the repository (unet_jax importable, the repository root not
+  on sys.path) loads a variant config, whose ``from configs import default`` then resolves."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "unet_jax").symlink_to(REPO / "unet_jax")
+  code = ("import json, sys; from unet_jax import config_lib; "
+          f"c = config_lib.load_file({str(REPO / 'configs' / 'isbi.py')!r}); "
+          f"assert 'configs' in sys.modules and {str(REPO)!r} not in sys.path; "
+          "print(json.dumps([c.dataset, c.features, c.tile_size]))")
+  env = dict(os.environ, PYTHONPATH=str(site))
+  run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  expected = config_lib.load_file(REPO / "configs" / "isbi.py")
+  assert json.loads(run.stdout) == [expected.dataset, expected.features, expected.tile_size]
 
 
 def test_load_file_ignores_the_callers_command_line(monkeypatch):

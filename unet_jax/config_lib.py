@@ -208,27 +208,38 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """``get_config()`` of a config file such as configs/isbi.py.
 
   Loaded with ml_collections' config-file flag, exactly as ``--config`` of
-  train.py is (on a private ``FlagValues``, so no global flag changes); the
-  variants' ``from configs import default`` resolves from the current
-  directory, so run from the repository root. ``sys_argv`` is given so that
-  the caller's own command line (say ``--config X`` of a benchmark) is not
-  read as overrides of this flag, which left the flag's value ``None``.
+  train.py is (on a private ``FlagValues``, so no global flag changes). The
+  variants' ``from configs import default`` resolves from the folder above the
+  file's (the repository root for ``configs/X.py``), so this works from any
+  current directory. ``sys_argv`` is given so that the caller's own command
+  line (say ``--config X`` of a benchmark) is not read as overrides of this
+  flag, which left the flag's value ``None``.
   """
+  import sys  # pylint: disable=g-import-not-at-top
+
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserInputError(f"config file not found: {path}")
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
-                                  sys_argv=["load_file"])
+  root = str(path.absolute().parent.parent)
+  added = root not in sys.path
+  if added:
+    sys.path.insert(0, root)
   try:
+    flag_values = flags.FlagValues()
+    # Defining the flag already executes the file, so it sits inside the try.
+    config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
+                                    sys_argv=["load_file"])
     flag_values(["load_file"])
     return flag_values.config
   except ImportError as e:
-    raise UserInputError(f"cannot load {path} ({e}): run from the repository root, where "
-                         "`configs/` is") from None
+    raise UserInputError(f"cannot load {path} ({e}): a variant imports `configs.default`, "
+                         f"which must be in {root}/configs/") from None
+  finally:
+    if added:
+      sys.path.remove(root)
 
 
 # --------------------------------------------------------------------------
