@@ -108,6 +108,23 @@ def test_init_params_equal_a_full_init_on_a_real_image(padding, size):
   assert not np.array_equal(other["down0_conv0"]["kernel"], lazy["down0_conv0"]["kernel"])
 
 
+def test_init_params_compiles_once_per_architecture(caplog):
+  """Calls with other keys and an equal model reuse the compiled program; another
+  width or channel count compiles anew (JAX logs each compilation)."""
+  import logging
+  def compiles(*calls):
+    keys = [jax.random.PRNGKey(seed) for _, seed, _ in calls]
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+      for (model, _, channels), key in zip(calls, keys):
+        init_params(model, key, channels)
+    return sum(r.getMessage().startswith("Compiling") for r in caplog.records)
+  assert compiles((UNet(features=3, depth=2), 0, 1)) >= 1
+  assert compiles((UNet(features=3, depth=2), 1, 1), (UNet(features=3, depth=2), 2, 1)) == 0
+  assert compiles((UNet(features=5, depth=2), 0, 1)) >= 1
+  assert compiles((UNet(features=3, depth=2), 0, 2)) >= 1
+
+
 def test_forward_rejects_invalid_input():
   model = UNet(features=2, depth=2)
   variables = {"params": init_params(model, jax.random.PRNGKey(0), 1)}
@@ -212,3 +229,74 @@ def test_same_padding_rejects_sizes_off_the_pooling_grid(size):
     tile_output_size(size, 4, "same")
   with pytest.raises(ValueError, match="multiple of 16"):
     UNet(padding="same").init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)))
+
+
+# --------------------------------------------------------------------------
+# The whole net against a forward pass written here from the paper (Fig. 1).
+# --------------------------------------------------------------------------
+
+
+def _np_conv_valid(x, kernel, bias):
+  """Unpadded (VALID) correlation of ``x`` [H, W, C] with an HWIO kernel, plus bias."""
+  k = kernel.shape[0]
+  windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(0, 1))  # [H', W', C, k, k]
+  return np.einsum("hwcij,ijco->hwo", windows, kernel) + bias
+
+
+def _np_unet(params, x, depth):
+  """The paper's U-Net on one image ``x`` [H, W, C] in float64 NumPy, from the Flax
+  parameter names: per level two VALID 3x3 conv + ReLU, 2x2 max-pool; bottleneck;
+  2x2 stride-2 up-conv (``y[2h+a, 2w+b] = x[h, w] @ k[a, b]``, the documented kernel
+  convention), centre crop of the skip, concatenation [skip, up], two conv + ReLU;
+  final 1x1 conv. Dropout is absent (inference)."""
+  p = {name: {k: np.asarray(v, np.float64) for k, v in layer.items()}
+       for name, layer in params.items()}
+
+  def double_conv(h, name):
+    for i in range(2):
+      layer = p[f"{name}_conv{i}"]
+      h = np.maximum(_np_conv_valid(h, layer["kernel"], layer["bias"]), 0.0)
+    return h
+
+  h = np.asarray(x, np.float64)
+  skips = []
+  for level in range(depth):
+    h = double_conv(h, f"down{level}")
+    skips.append(h)
+    rows, cols, c = h.shape
+    h = h.reshape(rows // 2, 2, cols // 2, 2, c).max(axis=(1, 3))
+  h = double_conv(h, "bottleneck")
+  for level in reversed(range(depth)):
+    kernel, bias = p[f"up{level}_upconv"]["kernel"], p[f"up{level}_upconv"]["bias"]
+    up = np.zeros((2 * h.shape[0], 2 * h.shape[1], kernel.shape[-1]))
+    for a in range(2):
+      for b in range(2):
+        up[a::2, b::2] = h @ kernel[a, b] + bias
+    skip = skips[level]
+    top, left = (skip.shape[0] - up.shape[0]) // 2, (skip.shape[1] - up.shape[1]) // 2
+    assert top > 0 and left > 0  # the crop really cuts something
+    skip = skip[top:top + up.shape[0], left:left + up.shape[1]]
+    h = double_conv(np.concatenate([skip, up], axis=-1), f"up{level}")
+  return h @ p["classifier"]["kernel"][0, 0] + p["classifier"]["bias"]
+
+
+@pytest.mark.parametrize("depth,features,shape,reference_ops", [
+    (2, 3, (60, 52), False),
+    (2, 3, (60, 52), True),
+    (3, 2, (100, 108), False),
+])
+def test_forward_equals_a_numpy_unet_written_from_the_paper(depth, features, shape,
+                                                            reference_ops):
+  """``UNet.apply`` (dropout 0.5 configured, off with train=False) against ``_np_unet``:
+  an independent float64 forward of the whole net, on random weights and biases,
+  2 input channels, 3 classes, a non-square input and a batch of 2."""
+  from random_nets import random_variables
+  model = UNet(num_classes=3, features=features, depth=depth, dropout_rate=0.5,
+               reference_ops=reference_ops)
+  variables = random_variables(model, 2, seed=depth)
+  x = np.random.default_rng(0).normal(size=(2,) + shape + (2,)).astype(np.float32)
+  got = np.asarray(jax.jit(model.apply)(variables, x))
+  assert got.shape == (2, output_size(shape[0], depth), output_size(shape[1], depth), 3)
+  for n in range(2):
+    want = _np_unet(variables["params"], x[n], depth)
+    np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -275,22 +275,33 @@ def from_config(config) -> UNet:
               classifier_init_scale=config.classifier_init_scale, padding=config.padding)
 
 
+def _lazy_init(model: UNet, rng: jax.Array, in_channels: int):
+  t = smallest_input_size(model.depth, model.padding)
+  x = jax.ShapeDtypeStruct((1, t, t, in_channels), jnp.float32)
+  return model.lazy_init({"params": rng}, x, train=False)["params"]
+
+
+# Module-level jits with the architecture static: JAX's cache then compiles
+# once per architecture and channel count, not once per call.
+_init_cpu = jax.jit(_lazy_init, static_argnums=(0, 2),
+                    compiler_options={"xla_backend_optimization_level": 0})
+_init_other = jax.jit(_lazy_init, static_argnums=(0, 2))
+
+
 def init_params(model: UNet, rng: jax.Array, in_channels: int):
   """He-normal parameters (paper Sec. 3) for ``in_channels`` input channels.
 
   Flax's ``lazy_init`` on the shape of the smallest valid input (the forward
   pass is not computed), as one jitted program that XLA:CPU builds at backend
-  optimisation level 0. Why: run op by op, ``model.init`` compiles ~150 small
-  programs, about 20 s of CPU per new architecture on a 2-core machine; one
-  optimised program takes ~14 s to build; at level 0 it takes 2-4 s and runs
-  in at most 3 s at 31 M parameters. The values equal ``model.init``'s up to
-  1.2e-7 (XLA fuses the He scaling into the sampler; tests/test_model.py).
-  Under a trace (``jax.eval_shape``, a caller's jit) nothing is compiled here.
+  optimisation level 0, compiled once per architecture. Why: run op by op,
+  ``model.init`` compiles ~150 small programs, about 20 s of CPU per new
+  architecture on a 2-core machine; one optimised program takes ~14 s to
+  build; at level 0 it takes 2-4 s and runs in at most 3 s at 31 M
+  parameters. The values equal ``model.init``'s up to 1.2e-7 (XLA fuses the
+  He scaling into the sampler; tests/test_model.py). Under a trace
+  (``jax.eval_shape``, a caller's jit) nothing is compiled here.
   """
-  t = smallest_input_size(model.depth, model.padding)
-  x = jax.ShapeDtypeStruct((1, t, t, int(in_channels)), jnp.float32)
-  init = lambda r: model.lazy_init({"params": r}, x, train=False)["params"]  # noqa: E731
   if isinstance(jnp.zeros(()), jax.core.Tracer):  # being traced: JAX refuses nested options
-    return init(rng)
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return jax.jit(init, compiler_options=options)(rng)
+    return _lazy_init(model, rng, int(in_channels))
+  init = _init_cpu if jax.default_backend() == "cpu" else _init_other
+  return init(model, rng, int(in_channels))
