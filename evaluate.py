@@ -29,7 +29,8 @@ FLAGS = flags.FLAGS
 cli.define_config_file("config", None, "Config file (default: the workdir's config.json).")
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_enum("mode", "heldout", ["heldout", "submission", "predict"],
-                  "heldout: score the val split; submission: ISBI challenge TIFF; "
+                  "heldout: score the held-out split (heldout_indices; the val split "
+                  "when there is none, or with --split=val); submission: ISBI challenge TIFF; "
                   "predict: probability/label TIFFs and overlays for --input.")
 flags.DEFINE_string("input", None, "predict: a file, folder or multi-page TIFF/PNG; "
                     "submission: the test volume (default DATA/isbi2012/test-volume.tif).")

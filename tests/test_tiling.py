@@ -85,6 +85,20 @@ def test_device_program_equals_host_tiling(depth, features, tile, shape, batch, 
     np.testing.assert_allclose(one, device, atol=1e-6, rtol=0)
 
 
+def test_device_method_refuses_same_padding_with_a_clear_error():
+  """The one-program path plans VALID tiles only: a SAME net gets a message naming the
+  method that works (before: a ValueError about an invalid VALID input size)."""
+  model, variables = _net(2, 4)
+  same = model.clone(padding="same")
+  image = _image(40, 36)
+  with pytest.raises(UserInputError, match="method='host'"):
+    tiling.predict_tiled(same, variables, image, tile_size=32, method="device")
+  host = tiling.predict_tiled(same, variables, image, tile_size=32, method="host")
+  assert host.shape == (40, 36, 2)
+  np.testing.assert_array_equal(
+      tiling.predict_tiled(same, variables, image, tile_size=32), host)  # "auto" = host
+
+
 def test_off_grid_tiles_are_not_seamless():
   """The negative control: shifting a tile by less than 2**depth changes its output."""
   model, variables = _net(2, 4)
@@ -144,10 +158,11 @@ def test_inverse_transform(k, flip):
 
 
 def test_param_count_formula_matches_the_model():
-  assert tiling.param_count(features=64, depth=4, num_classes=2, in_channels=1) == 31_030_658
+  assert tiling.architecture_param_count(features=64, depth=4, num_classes=2,
+                                         in_channels=1) == 31_030_658
   _, variables = _net(2, 4)
   n = sum(x.size for x in jax.tree.leaves(variables))
-  assert tiling.param_count(features=4, depth=2, num_classes=2, in_channels=1) == n
+  assert tiling.architecture_param_count(features=4, depth=2, num_classes=2, in_channels=1) == n
 
 
 def test_tile_size_for_memory():

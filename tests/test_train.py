@@ -308,8 +308,8 @@ def test_dry_run_reports_sizes_and_writes_nothing(tiny_config, tmp_path, monkeyp
   monkeypatch.chdir(tmp_path)
   c = config_lib.resolve(tiny_config, 1)
   report = train_lib.dry_run(c)
-  assert report["parameters"] == tiling.param_count(features=4, depth=2, num_classes=2,
-                                                    in_channels=1)
+  assert report["parameters"] == tiling.architecture_param_count(
+      features=4, depth=2, num_classes=2, in_channels=1)
   assert (report["input_tile"], report["output_tile"]) == (60, 20)
   assert report["step_seconds"] > 0 and report["estimated_peak_memory_bytes"] > 0
   assert not list(tmp_path.iterdir())

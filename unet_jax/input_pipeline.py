@@ -56,11 +56,18 @@ def class_weights_for(config, data: SegmentationData) -> np.ndarray:
   raise UserInputError(f"config.class_weights = {mode!r}: choose 'balanced' or 'none'")
 
 
+# Part of every cache key: bump it when the maps' computation changes (weight_maps.py
+# or weights_for below), so that caches shared by checkouts (~/.cache/unet_jax) are
+# not reused with maps of the old code.
+WEIGHT_MAP_VERSION = 1
+
+
 def cache_key(dataset: str, name: str, arrays: Sequence[np.ndarray], w0: float, sigma: float,
               class_weights: np.ndarray) -> str:
-  """Hex digest identifying one weight map."""
+  """Hex digest identifying one weight map (of this :data:`WEIGHT_MAP_VERSION`)."""
   h = hashlib.sha256()
-  h.update(f"{dataset}|{name}|w0={float(w0)!r}|sigma={float(sigma)!r}|".encode())
+  h.update(f"v{WEIGHT_MAP_VERSION}|{dataset}|{name}|w0={float(w0)!r}|sigma={float(sigma)!r}|"
+           .encode())
   h.update(np.asarray(class_weights, np.float64).tobytes())
   for a in arrays:
     a = np.ascontiguousarray(a)
@@ -170,6 +177,10 @@ def make_train_iterator(config, data: SegmentationData, *,
     ``{"image": float32 [B, T, T, C], "label": int32 [B, O, O],
     "weight": float32 [B, O, O]}`` with T = ``tile_size``, O its output size,
     B = ``batch_size / process_count``.
+
+  With ``num_workers > 0`` outside an absl app (a notebook, a test), absl's
+  flags are marked as parsed with their defaults, because grain's worker
+  processes read them; an absl app of the caller's should parse its flags first.
   """
   if not len(data):
     raise UserInputError(f"{data.dataset}: the training split is empty (check train_indices)")

@@ -264,8 +264,8 @@ def from_config(config) -> UNet:
 
   Args:
     config: uses ``tile_size``, ``num_classes``, ``features``, ``depth``,
-      ``dropout_rate``, ``dtype`` and ``classifier_init_scale`` (see
-      configs/default.py).
+      ``dropout_rate``, ``dtype``, ``classifier_init_scale`` and ``padding``
+      (see configs/default.py).
   Raises:
     ValueError: if ``config.tile_size`` is not a valid input size.
   """

@@ -125,7 +125,8 @@ def activation_elements(tile_size: int, *, features: int, depth: int, num_classe
   return peak
 
 
-def param_count(*, features: int, depth: int, num_classes: int, in_channels: int) -> int:
+def architecture_param_count(*, features: int, depth: int, num_classes: int,
+                             in_channels: int) -> int:
   """Number of parameters of ``UNet(num_classes, features, depth)``."""
   total, c = 0, in_channels
   for level in range(depth + 1):
@@ -147,8 +148,8 @@ def estimate_memory(tile_size: int, *, features: int, depth: int, num_classes: i
   narrower), the input batch and output probabilities (float32), and
   ``batch_size`` times the activation peak of ``activation_elements``.
   """
-  params = param_count(features=features, depth=depth, num_classes=num_classes,
-                       in_channels=in_channels)
+  params = architecture_param_count(features=features, depth=depth,
+                                    num_classes=num_classes, in_channels=in_channels)
   out = model_lib.output_size(tile_size, depth)
   io = batch_size * 4 * (tile_size**2 * in_channels + out**2 * num_classes)
   act = activation_elements(tile_size, features=features, depth=depth,
@@ -472,7 +473,9 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
   """Softmax probabilities of an image of any size by overlap-tile inference.
 
   Args:
-    model: a ``unet_jax.UNet`` (any ``dtype``; logits come back float32).
+    model: a ``unet_jax.UNet`` (any ``dtype``; logits come back float32), or
+      an exported model with the same interface (``onnx_predict.OnnxUNet``,
+      ``method="host"`` only).
     variables: its variables, ``{"params": ...}``.
     image: ``[H, W]`` or ``[H, W, C]``, normalised like the training data.
     tile_size: input tile side, a valid size whose output is at least
@@ -518,6 +521,10 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     device_ok = isinstance(model, nn.Module) and padding == "valid"
     method = "device" if device_ok and on_tiles is None and not progress else "host"
   if method == "device":
+    if padding != "valid" or not isinstance(model, nn.Module):
+      raise UserInputError("method='device' takes a Flax U-Net with VALID padding (the "
+                           "paper's); use method='host' (or 'auto') for SAME padding or "
+                           "an exported model")
     return _predict_on_device(model, variables, image, tile_size, batch_size, transforms,
                               memory_budget, mesh)
   if method != "host":
