@@ -111,3 +111,51 @@ def test_worker_processes_give_the_same_sequence(config, train):
     _assert_same(expected, _take(it, 4))
   finally:
     it.close()
+
+
+def _eq2_brute_force(inst, labels, w0, sigma):
+  """Eq. 2 by the convention (docs/conventions.md): w_c by each pixel's label with
+  balanced weights N / (K n_k), plus w0 exp(-(d1 + d2)^2 / (2 sigma^2)) on background
+  pixels, d1 <= d2 the two smallest distance_transform_edt(inst != k) over the cells k."""
+  from scipy import ndimage
+  n_k = np.array([(labels == 0).sum(), (labels == 1).sum()])
+  w_c = (labels.size / (2 * n_k))[labels]
+  d = np.sort([ndimage.distance_transform_edt(inst != k) for k in np.unique(inst) if k > 0], 0)
+  border = w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2))
+  return w_c + np.where(inst == 0, border, 0.0)
+
+
+def test_weights_of_touching_cells_use_the_instances_of_the_cell_class(config):
+  """Cell tracking data: two cells touch, the label map has a 1-px background gap on
+  each side of their contact (paper Fig. 3). The cached training weight maps equal
+  Eq. 2 brute-forced on the instances restricted to label 1: the gap is background,
+  with w_c of the background and the border term of the two cells across it."""
+  inst = np.zeros((30, 32), np.int32)
+  inst[4:14, 3:10] = 1
+  inst[4:14, 10:18] = 2           # touches cell 1 between columns 9 and 10
+  inst[20:27, 6:14] = 3
+  labels = (inst > 0).astype(np.int32)
+  labels[4:14, 9:11] = 0          # the separation gap, drawn by hand
+  split = datasets.SegmentationData(
+      images=[np.zeros((30, 32, 1), np.float32)], labels=[labels], instances=[inst],
+      names=["touching"], num_channels=1, dataset="touching")
+  got = data.weights_for(config, split)[0]
+  cells = np.where(labels == 1, inst, 0)
+  want = _eq2_brute_force(cells, labels, config.w0, config.sigma)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # the gap pixels carry the background weight plus a border term near w0
+  assert np.all(got[4:14, 9:11] > want[0, 0] + 0.5 * config.w0)
+
+
+def test_weights_of_real_dic_hela_frame_use_the_instances_of_the_cell_class(config, data_root):
+  """A DIC-HeLa frame with touching cells (its label map has separation gaps): the
+  cached weight map against the brute-force Eq. 2 on the instances restricted to label 1."""
+  config.dataset, config.data_dir, config.train_indices, config.val_indices = (
+      "dic_hela", str(data_root), "60", "")
+  split = datasets.load_split(config, "train")
+  inst, labels = split.instances[0], split.labels[0]
+  gaps = (inst > 0) & (labels == 0)
+  assert gaps.sum() > 50  # the frame has touching cells
+  got = data.weights_for(config, split)[0]
+  want = _eq2_brute_force(np.where(labels == 1, inst, 0), labels, config.w0, config.sigma)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

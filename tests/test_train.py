@@ -508,3 +508,86 @@ def test_curves_show_accuracy_when_there_is_no_validation_split(tmp_path):
   assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   proc = run_cli("scripts/plot_curves.py", str(tmp_path / "missing"))
   assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def _poly_lr(lr, t, warmup, num_steps, schedule):
+  """README "Learning rate and schedule", written out: linear warmup 0 -> lr over
+  `warmup` steps, then lr (constant) or lr (1 - s / (num_steps - warmup))^0.9, s the
+  steps since the warmup, 0 from num_steps on."""
+  if t < warmup:
+    return lr * t / warmup
+  if schedule == "constant":
+    return lr
+  return lr * max(1.0 - (t - warmup) / (num_steps - warmup), 0.0) ** 0.9
+
+
+def test_learning_rate_schedule_matches_the_documented_formula(tiny_config):
+  """learning_rate_schedule at several steps against _poly_lr (warmup, poly decay
+  to 0 at num_steps, constant)."""
+  c = tiny_config
+  c.learning_rate, c.num_steps = 0.02, 14
+  for schedule in ("poly", "constant"):
+    for warmup in (0, 4):
+      c.lr_schedule, c.warmup_steps = schedule, warmup
+      sched = train_lib.learning_rate_schedule(c)
+      for t in (0, 1, 2, 3, 4, 5, 7, 9, 13, 14, 20):
+        want = _poly_lr(0.02, t, warmup, 14, schedule)
+        assert float(sched(t)) == pytest.approx(want, rel=1e-5, abs=1e-9), (schedule, warmup, t)
+
+
+def test_train_steps_match_weighted_loss_clipped_sgd_momentum_by_hand(tiny_config):
+  """Two real steps of make_train_step (as train_and_evaluate builds it) on a fixed
+  batch with a non-uniform weight map: the reported loss, accuracy and gradient norm,
+  and each step's parameter update, against an independent computation: Eq. 1 written
+  with one_hot/logsumexp from model.apply's logits, its jax.grad, global-norm clipping
+  g min(1, c / |g|) (c below |g|, so it acts), and optax.sgd's momentum by hand
+  (v = m v + g, p -= lr_t v) with config.momentum = 0.9 and lr_t of the poly schedule."""
+  import jax.numpy as jnp
+  c = tiny_config
+  c.momentum, c.learning_rate, c.lr_schedule, c.warmup_steps, c.num_steps = 0.9, 0.05, "poly", 0, 4
+  c.dropout_rate, c.ema_decay = 0.0, 0.0
+  c = config_lib.resolve(c, 1)
+  model = model_lib.from_config(c)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(2, 60, 60, 1)).astype(np.float32),
+           "label": rng.integers(0, 2, (2, 20, 20)).astype(np.int32),
+           "weight": rng.uniform(0.2, 12.0, (2, 20, 20)).astype(np.float32)}
+
+  def ref_loss(params):
+    logits = model.apply({"params": params}, batch["image"], train=False)
+    logp = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
+    nll = -(jax.nn.one_hot(batch["label"], 2) * logp).sum(-1)
+    return (jnp.asarray(batch["weight"]) * nll).sum() / batch["label"].size, logits
+
+  ref_grad = jax.jit(jax.value_and_grad(ref_loss, has_aux=True))
+  p = _init_params(c)
+  g_norm = lambda g: float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)  # noqa: E731
+                                       for x in jax.tree.leaves(g))))
+  c.grad_clip_norm = 0.5 * g_norm(ref_grad(p)[1])  # the first gradient is clipped by half
+  state = train_lib.create_train_state(c, model, jax.random.PRNGKey(c.seed))
+  _assert_trees_equal(jax.tree.map(np.asarray, state.params), p)
+  step = train_lib.make_train_step(model, c)
+  v = jax.tree.map(np.zeros_like, p)
+  for t in range(2):
+    (loss, logits), g = ref_grad(p)
+    g = jax.tree.map(lambda x: np.asarray(x, np.float64), g)
+    norm = g_norm(g)
+    if t == 0:
+      assert norm == pytest.approx(2 * c.grad_clip_norm)
+    g = jax.tree.map(lambda x: x * min(1.0, c.grad_clip_norm / norm), g)
+    v = jax.tree.map(lambda vi, gi: c.momentum * vi + gi, v, g)
+    lr = _poly_lr(0.05, t, 0, 4, "poly")
+    new_p = jax.tree.map(lambda pi, vi: pi - lr * vi, p, v)
+    before = jax.tree.map(np.array, state.params)  # copies: the step donates the state
+    state, metrics = step(state, batch)
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-5)
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    accuracy = np.mean(np.argmax(np.asarray(logits), -1) == batch["label"])
+    assert float(metrics["accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    for got, old, want, ref_old in zip(jax.tree.leaves(state.params), jax.tree.leaves(before),
+                                       jax.tree.leaves(new_p), jax.tree.leaves(p)):
+      update, ref_update = np.asarray(got) - old, want - ref_old
+      np.testing.assert_allclose(update, ref_update, rtol=1e-4,
+                                 atol=1e-4 * np.abs(ref_update).max() + 1e-9)
+    p = jax.tree.map(np.array, state.params)
+  assert int(state.step) == 2
