@@ -88,6 +88,9 @@ def test_weight_map_cache_hit_and_miss(config, train, monkeypatch):
   config.class_weights = "none"
   data.weights_for(config, train)
   assert len(calls) == 9
+  monkeypatch.setattr(data, "WEIGHT_MAP_VERSION", data.WEIGHT_MAP_VERSION + 1)
+  data.weights_for(config, train)
+  assert len(calls) == 12  # maps of an older computation are not reused
 
 
 def test_cached_weights_match_eq2_with_balanced_class_weights(config, train):
