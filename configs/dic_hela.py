@@ -18,16 +18,11 @@ from unet_jax import datasets
 
 
 def get_config():
+  # default.py: the paper's network and tile (572), sequence 01, silver truth.
   c = default.get_config()
   c.dataset = "dic_hela"
-  c.ctc_sequences = "01"  # comma-separated CTC sequences, frames concatenated
-  c.ctc_truth = "st"      # st = 01_ST/SEG silver truth | gt = 01_GT/SEG gold truth
-  spec = datasets.SPECS[c.dataset]
+  spec = datasets.SPECS[c.dataset]          # the held-out protocol of docs/cells.md
   c.train_indices = spec.train_indices      # 0-49
   c.val_indices = spec.val_indices          # 50-59
   c.heldout_indices = spec.heldout_indices  # 60-83
-  c.tile_size = 572
-  c.batch_size = 1
-  c.features = 64
-  c.depth = 4
   return c

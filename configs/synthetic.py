@@ -16,18 +16,14 @@ from unet_jax import datasets
 
 
 def get_config():
+  # default.py: dataset "synthetic", 10 images of 256x256 with 40 cells, depth 4.
   c = default.get_config()
-  c.dataset = "synthetic"
-  c.data_dir = ""
-  c.synthetic.num_images = 10
-  c.synthetic.size = 256
-  c.synthetic.cells = 40
-  c.train_indices = datasets.SPECS[c.dataset].train_indices  # 0-5
-  c.val_indices = datasets.SPECS[c.dataset].val_indices  # 6-7
-  c.heldout_indices = datasets.SPECS[c.dataset].heldout_indices  # 8-9
+  spec = datasets.SPECS[c.dataset]
+  c.train_indices = spec.train_indices      # 0-5
+  c.val_indices = spec.val_indices          # 6-7
+  c.heldout_indices = spec.heldout_indices  # 8-9
   c.tile_size = 252    # depth 4: 16k + 188; output 68
-  c.features = 16
-  c.depth = 4
+  c.features = 16      # CPU-sized (the paper: 64)
   c.num_steps = 1500
   c.eval_every = 250
   c.eval_tile_size = 252

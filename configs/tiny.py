@@ -9,8 +9,7 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
-  c.dataset = "synthetic"
+  c = default.get_config()  # dataset "synthetic", batch 1
   c.synthetic.num_images = 4
   c.synthetic.size = 96
   c.synthetic.cells = 12
@@ -23,10 +22,8 @@ def get_config():
   c.learning_rate = 0.01
   c.lr_schedule = "constant"
   c.num_steps = 6
-  c.batch_size = 1
   c.log_every = 1
   c.checkpoint_every = 3
-  c.keep_checkpoints = 3
   c.eval_every = 3
   c.eval_batch_size = 2
   return c

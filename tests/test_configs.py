@@ -3,6 +3,8 @@
 Configs are variants of configs/default.py that override a few fields
 (docs/design.md); a variant whose field was renamed or whose tile size no
 longer fits its padding would only fail when someone starts a long run.
+Variants import default.py directly (a chain of variants hides what a run
+used), set only what differs from it, and never choose on the reported split.
 """
 
 import ast
@@ -12,7 +14,7 @@ import re
 import pytest
 
 from configs import default
-from unet_jax import config_lib
+from unet_jax import config_lib, datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = sorted(p for p in (REPO / "configs").glob("*.py")
@@ -33,14 +35,69 @@ def test_config_is_valid(path, monkeypatch):
   assert set(c.keys()) == set(default.get_config().keys()), path.name
 
 
+def _bases(path: pathlib.Path) -> list[str]:
+  """The configs a config file imports (``from configs import X``)."""
+  tree = ast.parse(path.read_text())
+  return [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+          and node.module == "configs" for a in node.names]
+
+
 @pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
 def test_config_imports_one_base_and_says_what_it_is(path):
-  tree = ast.parse(path.read_text())
-  assert ast.get_docstring(tree), f"{path.name}: no docstring"
-  bases = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-           and node.module == "configs" for a in node.names]
+  assert ast.get_docstring(ast.parse(path.read_text())), f"{path.name}: no docstring"
+  bases = _bases(path)
   assert len(bases) == 1, (path.name, bases)
   assert (REPO / "configs" / f"{bases[0]}.py").is_file(), (path.name, bases)
+  # default.py, or one family base that itself imports only default.py: two levels at most.
+  assert bases[0] == "default" or _bases(REPO / "configs" / f"{bases[0]}.py") == ["default"], (
+      path.name, bases)
+
+
+def _default_value(dotted: str):
+  value = default.get_config()
+  for key in dotted.split("."):
+    value = value[key]
+  return value
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
+def test_config_sets_only_what_differs_from_its_base(path):
+  """``c.FIELD = <literal>`` never repeats default.py's value (a comment says so instead)."""
+  if _bases(path) != ["default"]:
+    pytest.skip("a family variant: its base's values are checked there")
+  for node in ast.walk(ast.parse(path.read_text())):
+    if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)):
+      continue
+    target = ast.unparse(node.targets[0])
+    if target.startswith("c."):
+      value = node.value.value
+      old = _default_value(target[2:])
+      assert not (value == old and type(value) is type(old)), (
+          f"{path.name}:{node.lineno}: {target} = {value!r} is default.py's value")
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
+def test_config_never_chooses_on_its_reported_split(path, monkeypatch):
+  """Training and validation indices stay out of the held-out (reported) block."""
+  monkeypatch.chdir(REPO)
+  c = config_lib.load_file(path)
+  split = {f: set(datasets.parse_indices(c[f], 10_000, empty_means_all=False, field=f))
+           for f in ("train_indices", "val_indices", "heldout_indices")}
+  assert not split["heldout_indices"] & (split["train_indices"] | split["val_indices"]), path.name
+  assert not split["val_indices"] & split["train_indices"], path.name
+
+
+def test_dataset_specs_keep_the_reported_block_out_of_selection():
+  """The default splits follow the held-out protocol (docs/conventions.md, Data splits)."""
+  isbi = datasets.SPECS["isbi2012"]
+  # validation carved from the 25 training slices; 25-29 only reported
+  assert (isbi.train_indices, isbi.val_indices, isbi.heldout_indices) == ("0-19", "20-24", "25-29")
+  for spec in datasets.SPECS.values():
+    train, val, heldout = (set(datasets.parse_indices(s, 10_000, empty_means_all=False))
+                           for s in (spec.train_indices, spec.val_indices, spec.heldout_indices))
+    assert not (train & val or train & heldout or val & heldout), spec.name
+  with pytest.raises(TypeError):  # read-only: no run can change another's defaults
+    datasets.SPECS["isbi2012"] = datasets.SPECS["synthetic"]
 
 
 def test_instance_overrides_change_only_the_instances_block():

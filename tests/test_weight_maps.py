@@ -85,6 +85,30 @@ def test_rejects_non_2d():
     weight_map(np.zeros((2, 3, 3), np.int32))
 
 
+def test_rejects_a_bool_mask():
+  """A mask is not instances: as one instance it would get no border term at all."""
+  mask = np.zeros((5, 7), bool)
+  mask[:, 0:2] = mask[:, 5:7] = True
+  with pytest.raises(ValueError, match="instances_from_binary"):
+    weight_map(mask)
+  w = weight_map(instances_from_binary(mask))  # the fix the message names: two cells
+  assert w[2, 3] == pytest.approx(1.0 + border(2, 2), rel=1e-6)
+
+
+def test_a_0_1_int_mask_is_one_instance():
+  """Legal, and documented: ids are taken as given, so no border term."""
+  inst = np.zeros((5, 7), np.int32)
+  inst[:, 0:2] = inst[:, 5:7] = 1
+  np.testing.assert_array_equal(weight_map(inst), 1.0)
+
+
+@pytest.mark.parametrize("class_weights", [[1.0], [1.0, 2.0, 3.0], [[1.0, 2.0]]])
+def test_rejects_class_weights_that_are_not_two_numbers(class_weights):
+  inst = np.zeros((4, 4), np.int32)
+  with pytest.raises(ValueError, match=r"class_weights must be \[background, foreground\]"):
+    weight_map(inst, class_weights=class_weights)
+
+
 def test_separate_touching_leaves_a_gap_between_touching_cells_only():
   from unet_jax.weight_maps import separate_touching
   inst = np.zeros((6, 9), np.int32)

@@ -17,6 +17,7 @@ _EXPORTS = {
     "weight_map": "weight_maps", "instances_from_binary": "weight_maps",
     "balanced_class_weights": "weight_maps",
     "weighted_cross_entropy": "losses",
+    "normalize": "datasets",
     "predict_tiled": "tiling", "tile_size_for_memory": "tiling",
     "TrainState": "train_lib", "create_train_state": "train_lib",
     "make_train_step": "train_lib",
@@ -34,6 +35,7 @@ __all__ = [*_EXPORTS, "metrics"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
   from unet_jax import metrics
+  from unet_jax.datasets import normalize
   from unet_jax.layers import jit, xla_compiler_options
   from unet_jax.losses import weighted_cross_entropy
   from unet_jax.model import UNet, output_size, valid_input_size

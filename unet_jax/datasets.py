@@ -73,7 +73,8 @@ import functools
 import os
 import pathlib
 import re
-from typing import Callable, Sequence
+import types
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -465,9 +466,10 @@ class DatasetSpec:
       file paths and ``read_files(config, images, instances, names) ->
       (images, instances, labels or None)`` reads those of the selected split
       only.
-    train_indices, val_indices, heldout_indices: the default splits (configs
-      use these; docs/conventions.md): training, validation (picks the
-      checkpoint) and the reported held-out block ("" = none).
+    train_indices, val_indices, heldout_indices: the default splits
+      (docs/conventions.md; a config may take them or set its own, as the
+      ISBI configs do): training, validation (picks the checkpoint) and the
+      reported held-out block ("" = none), which never chooses anything.
     protocol: "isbi" (label 1 = cell interior, 0 = membrane; scored with the
       ISBI 2012 metrics over thresholds) or "instance" (cell vs background;
       scored with the Cell Tracking Challenge SEG of predicted instances).
@@ -485,15 +487,19 @@ class DatasetSpec:
   download: str | None
 
 
-SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
+# Read-only: the table is shared by every config and run of the process.
+SPECS: Mapping[str, DatasetSpec] = types.MappingProxyType({s.name: s for s in (
     DatasetSpec("synthetic", _read_synthetic, None, "0-5", "6-7", "8-9", "isbi", "vrand", None),
-    DatasetSpec("isbi2012", _read_isbi, None, "0-24", "25-29", "", "isbi", "vrand", "isbi2012"),
+    # Validation 20-24 is carved from the training slices; 25-29 are reported
+    # and never choose anything (the held-out protocol, docs/conventions.md).
+    DatasetSpec("isbi2012", _read_isbi, None, "0-19", "20-24", "25-29", "isbi", "vrand",
+                "isbi2012"),
     DatasetSpec("dic_hela", functools.partial(_read_ctc, "DIC-C2DH-HeLa"), _load_ctc_files,
                 "0-49", "50-59", "60-83", "instance", "seg", "DIC-C2DH-HeLa"),
     DatasetSpec("phc_u373", functools.partial(_read_ctc, "PhC-C2DH-U373"), _load_ctc_files,
                 "", "", "", "instance", "seg", "PhC-C2DH-U373"),
     DatasetSpec("folder", _read_folder, _load_folder_files, "", "", "", "instance", "seg", None),
-)}
+)})
 
 
 def spec(dataset: str) -> DatasetSpec:

@@ -86,17 +86,34 @@ def weight_map(instances: np.ndarray, class_weights: Sequence[float] | None = No
   """Weight map of paper Eq. 2 for one instance image.
 
   Args:
-    instances: int ``[H, W]``, 0 = background, k > 0 = instance k.
+    instances: int ``[H, W]``, 0 = background, k > 0 = instance k. The border
+      term needs every cell to have its own id: a 0/1 mask is one instance
+      (border term 0 everywhere); ``instances_from_binary`` gives the
+      components of a binary mask. A bool array is refused.
     class_weights: ``[2]`` weights of background and foreground (None = all 1).
+      More classes: this map with ``[0, 0]`` plus each pixel's class weight
+      (``input_pipeline.weights_for``).
     w0: border weight (paper: 10).
     sigma: border width in pixels (paper: about 5).
   Returns:
     float32 ``[H, W]``.
+  Raises:
+    ValueError: for a shape other than ``[H, W]``, a bool ``instances`` or
+      ``class_weights`` that are not two numbers.
   """
   inst = np.asarray(instances)
   if inst.ndim != 2:
     raise ValueError(f"weight_map expects an [H, W] instance image, got shape {inst.shape}")
+  if inst.dtype == bool:
+    # A mask would silently be one instance, with no border term (Eq. 2).
+    raise ValueError("weight_map expects instance ids (int, 0 = background, k > 0 = cell k), "
+                     "got a bool mask; use instances_from_binary(mask) for its 4-connected "
+                     "components")
   cw = np.ones(2, np.float64) if class_weights is None else np.asarray(class_weights, np.float64)
+  if cw.shape != (2,):
+    raise ValueError(f"class_weights must be [background, foreground] (2 values), got shape "
+                     f"{cw.shape}; for K > 2 classes add each pixel's class weight to "
+                     f"weight_map(instances, [0, 0], ...)")
   w = cw[(inst > 0).astype(np.int64)]
   ids = np.unique(inst)
   ids = ids[ids > 0]
