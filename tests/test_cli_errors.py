@@ -101,7 +101,8 @@ def test_load_file_works_from_any_directory(tmp_path):
   (site / "unet_jax").symlink_to(REPO / "unet_jax")
   code = ("import json, sys; from unet_jax import config_lib; "
           f"c = config_lib.load_file({str(REPO / 'configs' / 'isbi.py')!r}); "
-          f"assert 'configs' in sys.modules and {str(REPO)!r} not in sys.path; "
+          f"assert sys.modules['configs'].__path__ == [{str(REPO / 'configs')!r}]; "
+          f"assert {str(REPO)!r} not in sys.path; "
           "print(json.dumps([c.dataset, c.features, c.tile_size]))")
   env = dict(os.environ, PYTHONPATH=str(site))
   run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,

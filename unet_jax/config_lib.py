@@ -209,25 +209,21 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
 
   Loaded with ml_collections' config-file flag, exactly as ``--config`` of
   train.py is (on a private ``FlagValues``, so no global flag changes). The
-  variants' ``from configs import default`` resolves from the folder above the
-  file's (the repository root for ``configs/X.py``), so this works from any
-  current directory. ``sys_argv`` is given so that the caller's own command
-  line (say ``--config X`` of a benchmark) is not read as overrides of this
-  flag, which left the flag's value ``None``.
+  variants' ``from configs import default`` needs a ``configs`` package: when
+  none is importable (a library user outside the repository), the file's own
+  folder is imported as ``configs``, so this works from any current directory.
+  ``sys_argv`` is given so that the caller's own command line (say ``--config
+  X`` of a benchmark) is not read as overrides of this flag, which left the
+  flag's value ``None``.
   """
-  import sys  # pylint: disable=g-import-not-at-top
-
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserInputError(f"config file not found: {path}")
-  root = str(path.absolute().parent.parent)
-  added = root not in sys.path
-  if added:
-    sys.path.insert(0, root)
   try:
+    _import_configs_package(path.absolute().parent)
     flag_values = flags.FlagValues()
     # Defining the flag already executes the file, so it sits inside the try.
     config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
@@ -236,10 +232,22 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     return flag_values.config
   except ImportError as e:
     raise UserInputError(f"cannot load {path} ({e}): a variant imports `configs.default`, "
-                         f"which must be in {root}/configs/") from None
-  finally:
-    if added:
-      sys.path.remove(root)
+                         "so keep it in the repository's configs/ folder") from None
+
+
+def _import_configs_package(folder: pathlib.Path) -> None:
+  """Imports ``folder`` as the package ``configs`` unless one is importable."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  init = folder / "__init__.py"
+  if folder.name != "configs" or not init.is_file() or importlib.util.find_spec("configs"):
+    return
+  spec = importlib.util.spec_from_file_location("configs", init,
+                                                submodule_search_locations=[str(folder)])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["configs"] = module
+  spec.loader.exec_module(module)
 
 
 # --------------------------------------------------------------------------
