@@ -34,9 +34,10 @@ def test_light_import_loads_no_training_stack():
 
 def test_lazy_names_resolve_to_their_modules():
   import unet_jax
-  from unet_jax import metrics, model, train_lib
+  from unet_jax import datasets, metrics, model, train_lib
   assert unet_jax.UNet is model.UNet and unet_jax.metrics is metrics
   assert unet_jax.make_train_step is train_lib.make_train_step
+  assert unet_jax.normalize is datasets.normalize  # inference applies the training's normalisation
   assert set(unet_jax.__all__) <= set(dir(unet_jax))
 
 
