@@ -138,3 +138,81 @@ def test_image_label_and_weight_are_sampled_at_the_documented_coordinates():
   r, q = np.divmod(lab, w)  # nearest neighbour: the pixel nearest to the coordinates
   np.testing.assert_array_equal(r, np.round(centre[0]))
   np.testing.assert_array_equal(q, np.round(centre[1]))
+
+
+def _ramps(size):
+  """``[size, size, 2]`` image holding each pixel's row and column: warped linearly, it
+  shows where every tile pixel was sampled."""
+  return np.stack(np.mgrid[0:size, 0:size].astype(np.float32), -1)
+
+
+def test_rotation_angles_are_uniform_and_the_warp_is_scipy_rotate():
+  """rotate=True (no flip, no elastic field): every sample's image coordinates, read back
+  from ramps, are an exact rotation of the tile about its centre; the angles fitted here
+  spread uniformly over [0, 2 pi) (Kolmogorov-Smirnov against 200 draws); and one
+  sample of a smooth image equals ``scipy.ndimage.rotate`` of the unrotated crop."""
+  from scipy import stats
+  params = augment.AugmentParams(elastic_std=0.0, rotate=True, flip=False, intensity=0.0)
+  size, c = 300, (TILE - 1) / 2
+  ramps = _ramps(size)
+  label, weight = np.zeros((size, size), np.int32), np.ones((size, size), np.float32)
+  offsets = np.mgrid[0:TILE, 0:TILE].reshape(2, -1) - c  # tile pixels around the centre
+  design = np.concatenate([offsets, np.ones((1, offsets.shape[1]))]).T
+  rng = np.random.default_rng(0)
+  angles, transforms = [], []
+  while len(angles) < 200:
+    t = augment.random_transform(rng, (size, size), TILE, OUT, params)
+    if t.origin.min() < 15 or t.origin.max() > size - TILE - 16:
+      continue  # the rotated tile (radius 42 px) would reach the mirrored border
+    img = augment.apply_transform(t, ramps, label, weight, TILE, OUT)[0].reshape(-1, 2)
+    fit = np.linalg.lstsq(design, img, rcond=None)[0].T  # [2, 3]: matrix | translation
+    a, shift = fit[:, :2], fit[:, 2]
+    np.testing.assert_allclose(design @ fit.T, img, atol=2e-3)  # affine, to float32 precision
+    np.testing.assert_allclose(a @ a.T, np.eye(2), atol=1e-4)  # orthogonal ...
+    assert np.linalg.det(a) == pytest.approx(1.0, abs=1e-4)  # ... and no mirror
+    np.testing.assert_allclose(shift, t.origin + c, atol=1e-3)  # about the tile centre
+    angles.append(np.arctan2(a[1, 0], a[0, 0]) % (2 * np.pi))
+    transforms.append(t)
+  assert stats.kstest(np.array(angles) / (2 * np.pi), "uniform").pvalue > 1e-3
+  smooth = ndimage.gaussian_filter(np.random.default_rng(1).normal(size=(size, size)), 3) * 10
+  i = int(np.argmin(np.abs(np.array(angles) - np.deg2rad(50))))  # an angle far from 0 and 90
+  t, r, q = transforms[i], *transforms[i].origin.astype(int)
+  img = augment.apply_transform(t, smooth[..., None], label, weight, TILE, OUT)[0][..., 0]
+  # ndimage.rotate turns counter-clockwise on screen (rows down): -angle in (row, col)
+  want = ndimage.rotate(smooth[r:r + TILE, q:q + TILE], -np.rad2deg(angles[i]), reshape=False,
+                        order=1)
+  inside = (offsets**2).sum(0).reshape(TILE, TILE) < (c - 1)**2  # no rotated-in zeros
+  assert abs(np.rad2deg(angles[i]) - 50) < 10
+  np.testing.assert_allclose(img[inside], want[inside], atol=1e-3)
+
+
+@pytest.mark.parametrize("std,grid", [(10.0, 3), (6.0, 4)])
+def test_elastic_displacements_have_the_configured_grid_and_std(std, grid):
+  """Only the elastic deformation (paper Sec. 3.1): the displacement of every tile pixel,
+  read back from warped ramps, is the bicubic interpolation (``scipy.ndimage.zoom``,
+  order 3) of its values on the ``grid x grid`` nodes, and over 150 samples the node
+  displacements are zero-mean with the configured std (not the default 10 px)."""
+  params = augment.AugmentParams(elastic_std=std, elastic_grid=grid, rotate=False, flip=False,
+                                 intensity=0.0)
+  tile, out, size = 61, 21, 400  # nodes on pixels 0, 30, 60 (grid 3) / 0, 20, 40, 60 (grid 4)
+  ramps = _ramps(size)
+  label, weight = np.zeros((size, size), np.int32), np.ones((size, size), np.float32)
+  pixels = np.mgrid[0:tile, 0:tile]
+  step = (tile - 1) // (grid - 1)
+  rng = np.random.default_rng(0)
+  nodes = []
+  while len(nodes) < 150:
+    t = augment.random_transform(rng, (size, size), tile, out, params)
+    if t.origin.min() < 71 or t.origin.max() > size - tile - 72:
+      continue  # a 7-sigma displacement would reach the mirrored border
+    img = augment.apply_transform(t, ramps, label, weight, tile, out)[0]
+    moved = np.moveaxis(img, -1, 0) - pixels - t.origin[:, None, None]
+    node = moved[:, ::step, ::step]
+    assert node.shape == (2, grid, grid)
+    bicubic = np.stack([ndimage.zoom(n, tile / grid, order=3, mode="nearest") for n in node])
+    np.testing.assert_allclose(moved, bicubic, atol=2e-3)
+    nodes.append(node)
+  nodes = np.array(nodes)
+  assert nodes.std() == pytest.approx(std, rel=0.07)
+  assert abs(nodes.mean()) < 0.1 * std
+  assert np.abs(nodes.std(axis=0) - std).max() < 0.3 * std  # every node and direction

@@ -397,3 +397,48 @@ def test_snapshot_ensemble_averages_the_last_checkpoints(tiny_run, tmp_path):
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "--checkpoint latest" in proc.stderr
+
+
+def _tta_by_hand(predict, image):
+  """Mean of ``predict`` (probabilities [H, W, K]) over the 8 flips/rotations of
+  ``image``, each view's output rotated/flipped back before averaging."""
+  views = []
+  for flip in (False, True):
+    x = image[:, ::-1] if flip else image
+    for k in range(4):
+      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
+      views.append(p[:, ::-1] if flip else p)
+  return np.mean(views, axis=0)
+
+
+def test_tta_is_passed_on_to_predictions_scores_and_submission(tiny_config, tmp_path):
+  """``tta=True`` in ``predict_images``, ``evaluate_split`` and ``write_submission``
+  against the mean, built here, of the non-TTA tiled probabilities of the 8
+  flipped/rotated images mapped back (a random, asymmetric net): the probabilities,
+  the scores computed from them, and the submitted p(cell); the scores without TTA
+  differ, so a dropped ``tta`` fails."""
+  from unet_jax import datasets, metrics, tiling
+  model, variables = _net(2, 4)
+  data = _data("synthetic", seed=1)
+  plain = functools.partial(tiling.predict_tiled, model, variables,
+                            tile_size=tiny_config.eval_tile_size)
+  want = [_tta_by_hand(plain, im) for im in data.images]
+  got = evaluation.predict_images(model, variables, data.images, tiny_config, tta=True)
+  for g, w, im in zip(got, want, data.images):
+    np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
+    assert np.abs(g - plain(im)).max() > 1e-3
+  keys = ("vrand", "vinfo", "rand_error", "pixel_error", "best_threshold")
+  scores = evaluation.evaluate_split(model, variables, data, tiny_config, tta=True,
+                                     warping=False)
+  ref = metrics.isbi_scores([w[..., 1] for w in want], data.labels, warping=False)
+  for key in keys:
+    assert scores[key] == pytest.approx(ref[key], abs=1e-6), key
+  no_tta = evaluation.evaluate_split(model, variables, data, tiny_config, warping=False)
+  assert any(abs(no_tta[k] - scores[k]) > 1e-4 for k in keys)
+  volume = np.random.default_rng(0).integers(0, 255, (2, 30, 36), dtype=np.uint8)
+  stack = tifffile.imread(evaluation.write_submission(model, variables, volume,
+                                                     tmp_path / "sub.tif", tiny_config,
+                                                     tta=True))
+  for i in range(2):
+    p = _tta_by_hand(plain, datasets.normalize(volume[i]))
+    np.testing.assert_allclose(stack[i], p[..., 1], atol=1e-6, rtol=0)

@@ -300,3 +300,34 @@ def test_forward_equals_a_numpy_unet_written_from_the_paper(depth, features, sha
   for n in range(2):
     want = _np_unet(variables["params"], x[n], depth)
     np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def _operand_dtypes(jaxpr, names=("conv_general_dilated", "dot_general"), found=None):
+  """``{primitive: [operand dtypes, ...]}`` of every conv / dot in a jaxpr, sub-jaxprs
+  (jit, custom_vjp, scan) included."""
+  found = {n: [] for n in names} if found is None else found
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in found:
+      found[eqn.primitive.name].append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(sub, "eqns"):
+          _operand_dtypes(sub, names, found)
+  return found
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_compute_dtype_reaches_every_convolution(dtype):
+  """The traced program of ``UNet(dtype=...)``: all 10 3x3 convolutions (depth 2) and
+  the 3 matmuls (2 up-convolutions, the 1x1 classifier) take operands of the compute
+  dtype, not float32 copies; the float32 net is the control of the count."""
+  from random_nets import random_variables
+  model = UNet(features=4, depth=2, dropout_rate=0.0, dtype=jnp.dtype(dtype))
+  variables = random_variables(model, 1)
+  jaxpr = jax.make_jaxpr(model.apply)(variables, jnp.zeros((1, 44, 44, 1))).jaxpr
+  ops = _operand_dtypes(jaxpr)
+  assert len(ops["conv_general_dilated"]) == 2 * (2 * 2 + 1)
+  assert len(ops["dot_general"]) == 2 + 1
+  for operands in ops["conv_general_dilated"] + ops["dot_general"]:
+    assert operands == (dtype, dtype)

@@ -216,3 +216,89 @@ def test_same_padding_uses_ordinary_non_overlapping_tiles():
   assert tiling.predict_tiled(model, variables, image, tta=True).shape == (50, 70, 2)
   with pytest.raises(UserInputError, match="multiple of 4"):
     tiling.predict_tiled(model, variables, image, tile_size=30)
+
+
+def _conv_operand_dtypes(jaxpr, found=None):
+  """Operand dtypes of every ``conv_general_dilated`` in a jaxpr and its sub-jaxprs
+  (jit, custom_vjp, the scan of ``lax.map``)."""
+  found = [] if found is None else found
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(sub, "eqns"):
+          _conv_operand_dtypes(sub, found)
+  return found
+
+
+def test_bfloat16_tiled_inference_convolves_in_bfloat16():
+  """Both inference programs of a bfloat16 net (the device program ``predict_sum``
+  under TTA, the host loop's batch call) trace every 3x3 convolution of the net
+  (10 at depth 2) with bfloat16 operands; the probabilities differ from the float32
+  net's by bfloat16 rounding, not by zero."""
+  model = UNet(features=4, depth=2, dropout_rate=0.0, dtype=jnp.bfloat16)
+  _, variables = _net(2, 4)
+  image = jnp.asarray(_image(20, 20)[..., None])
+  device = jax.make_jaxpr(lambda v, x: tiling.predict_sum(
+      model, v, x, tile_size=44, batch_size=2, views=tiling.DIHEDRAL))(variables, image)
+  probabilities = tiling._probabilities  # pylint: disable=protected-access
+  host = jax.make_jaxpr(lambda v, x: probabilities(model, v, x))(  # the host loop's call
+      variables, jnp.zeros((2, 44, 44, 1)))
+  for jaxpr in (device.jaxpr, host.jaxpr):
+    convs = _conv_operand_dtypes(jaxpr)
+    assert len(convs) == 10 and set(convs) == {("bfloat16", "bfloat16")}
+  f32 = tiling.predict_tiled(_net(2, 4)[0], variables, _image(20, 20), tile_size=44)
+  for method in ("device", "host"):
+    bf16 = tiling.predict_tiled(model, variables, _image(20, 20), tile_size=44, method=method)
+    assert 1e-4 < np.abs(bf16 - f32).max() < 0.05
+
+
+def _tta_by_hand(predict, image):
+  """Mean of ``predict`` (probabilities [H, W, K]) over the 8 flips/rotations of
+  ``image``, each view's output rotated/flipped back before averaging."""
+  views = []
+  for flip in (False, True):
+    x = image[:, ::-1] if flip else image
+    for k in range(4):
+      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
+      views.append(p[:, ::-1] if flip else p)
+  return np.mean(views, axis=0), views
+
+
+@pytest.mark.parametrize("method", ["device", "host"])
+def test_tta_is_the_mean_probability_of_the_eight_dihedral_views(method):
+  """``predict_tiled(tta=True)`` against the mean, built here, of the non-TTA
+  probabilities of the 8 transformed images mapped back (a random, asymmetric net;
+  H != W, so rotated views have their own tile plans). The mean is over
+  probabilities: the softmax of the mean logits, and any single view, differ."""
+  model, variables = _net(2, 4)
+  image = _image(29, 35, seed=3)
+  plain = functools.partial(tiling.predict_tiled, model, variables, tile_size=48, method=method)
+  want, views = _tta_by_hand(plain, image)
+  got = tiling.predict_tiled(model, variables, image, tile_size=48, tta=True, method=method)
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+  assert min(np.abs(got - v).max() for v in views) > 1e-3  # no view alone is the mean
+  mean_logits = np.asarray(jax.nn.softmax(np.mean(np.log(views), axis=0), -1))
+  assert np.abs(got - mean_logits).max() > 1e-4
+
+
+@pytest.mark.parametrize("depth,features,tile,batch", [
+    (4, 8, 204, 4),    # a row of the table in tile_size_for_memory's docstring (1.26)
+    (2, 16, 140, 2),   # measured 0.98
+])
+def test_memory_estimate_agrees_with_xla_memory_analysis(depth, features, tile, batch):
+  """``estimate_memory`` against XLA's own figure for the compiled batched inference
+  call on CPU (argument + output + temp bytes of ``memory_analysis()``, as
+  benchmarks/inference.py): the documented 10-25 % safety margin, within
+  [0.8, 1.6] (an activation peak off by 3x either way is outside)."""
+  model, variables = _net(depth, features)
+  x = jax.ShapeDtypeStruct((batch, tile, tile, 1), jnp.float32)
+  probabilities = tiling._probabilities  # pylint: disable=protected-access
+  with jax.default_device(jax.devices("cpu")[0]):
+    stats = probabilities.lower(model, variables, x).compile().memory_analysis()
+  xla = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+  estimate = tiling.estimate_memory(tile, features=features, depth=depth, num_classes=2,
+                                    in_channels=1, batch_size=batch)
+  assert 0.8 < estimate / xla < 1.6, (estimate, xla)
