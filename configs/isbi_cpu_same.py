@@ -1,4 +1,4 @@
-"""ISBI 2012 on a CPU with SAME padding and 256 tiles: the base of isbi_cpu_same*.py.
+"""ISBI 2012 on a CPU with SAME padding and 256 tiles: the first of the isbi_cpu_same*.py recipes.
 
     python train.py --config configs/isbi_cpu_same.py --workdir W   # ~18 min on a 2-core CPU (4.7 steps/s)
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
