@@ -162,3 +162,20 @@ def test_weights_of_real_dic_hela_frame_use_the_instances_of_the_cell_class(conf
   got = data.weights_for(config, split)[0]
   want = _eq2_brute_force(np.where(labels == 1, inst, 0), labels, config.w0, config.sigma)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_every_epoch_visits_each_training_image_once(config, train):
+  """Consecutive blocks of len(train) samples are permutations of the images (an
+  epoch), in a new order each epoch. Each image is replaced by a constant 100 * index,
+  which every crop, flip, rotation and elastic warp keeps (intensity variation off)."""
+  import dataclasses
+  config.augment.intensity = 0.0
+  n = len(train)
+  marked = dataclasses.replace(train, images=[np.full_like(im, 100.0 * k)
+                                              for k, im in enumerate(train.images)])
+  it = data.make_train_iterator(config, marked)
+  seen = [int(round(float(np.median(next(it)["image"])) / 100)) for _ in range(4 * n)]
+  epochs = [seen[e * n:(e + 1) * n] for e in range(4)]
+  for order in epochs:
+    assert sorted(order) == list(range(n)), seen
+  assert len({tuple(order) for order in epochs}) > 1, seen  # reshuffled between epochs
