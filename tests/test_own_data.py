@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import tifffile
@@ -95,3 +96,47 @@ def test_class_iou_against_a_confusion_matrix():
   got = evaluation.class_iou(probs, labels, k)
   np.testing.assert_allclose([got[f"iou_class_{i}"] for i in range(k)], want, rtol=1e-12)
   assert got["mean_iou"] == pytest.approx(want[1:].mean())
+
+
+def test_instance_data_keep_the_checkpoint_with_the_best_seg(tiny_config, tmp_path,
+                                                            monkeypatch):
+  """Instance data (primary metric SEG, not V_rand): the best checkpoint is the step whose
+  validation SEG is highest, not the latest. The real scores of a tiny run rise step by
+  step, so the SEG each evaluation returns is replaced by a scripted 0.3, 0.7, 0.5; the
+  best checkpoint must then hold step 4's parameters."""
+  from unet_jax import checkpoint, evaluation, inference
+  rng = np.random.default_rng(1)
+  root, size = tmp_path / "d", 64
+  (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()
+  yy, xx = np.mgrid[:size, :size]
+  for i in range(3):
+    mask = np.zeros((size, size), np.uint16)
+    for cell in range(1, 6):
+      cy, cx = rng.integers(8, size - 8, 2)
+      mask[((yy - cy)**2 + (xx - cx)**2 < 30) & (mask == 0)] = cell
+    image = (80 * (mask > 0) + rng.normal(0, 10, mask.shape) + 50).clip(0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"img{i}.png")
+    tifffile.imwrite(root / "masks" / f"img{i}.tif", mask)
+  c = _config(tiny_config, root, tmp_path)
+  c.mask_kind, c.num_classes = "instances", 2
+  c.num_steps, c.eval_every, c.checkpoint_every, c.keep_checkpoints = 6, 2, 2, 5
+  scripted = iter([0.3, 0.7, 0.5])
+  real = evaluation.evaluate_split
+  def scored(*args, **kwargs):
+    scores = real(*args, **kwargs)
+    assert "seg" in scores and "vrand" in scores  # both computed; SEG must decide
+    return dict(scores, seg=next(scripted), vrand=1.0 - scores["vrand"])
+  monkeypatch.setattr(evaluation, "evaluate_split", scored)
+  work = tmp_path / "w"
+  train_lib.train_and_evaluate(c, str(work))
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["seg"]) for r in rows if r["split"] == "val"] == [(2, 0.3), (4, 0.7),
+                                                                          (6, 0.5)]
+  assert checkpoint.best_score(work)["step"] == 4
+  config, model, best = inference.load_for_inference(work, "best")
+  abstract = jax.eval_shape(
+      lambda: train_lib.create_train_state(config, model, jax.random.PRNGKey(0)))
+  at_4 = checkpoint.restore_state(work, abstract, 4)
+  for a, b in zip(jax.tree.leaves(best["params"]), jax.tree.leaves(at_4.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
