@@ -243,12 +243,14 @@ def _np_conv_valid(x, kernel, bias):
   return np.einsum("hwcij,ijco->hwo", windows, kernel) + bias
 
 
-def _np_unet(params, x, depth):
+def _np_unet(params, x, depth, dropout_masks=None):
   """The paper's U-Net on one image ``x`` [H, W, C] in float64 NumPy, from the Flax
   parameter names: per level two VALID 3x3 conv + ReLU, 2x2 max-pool; bottleneck;
   2x2 stride-2 up-conv (``y[2h+a, 2w+b] = x[h, w] @ k[a, b]``, the documented kernel
   convention), centre crop of the skip, concatenation [skip, up], two conv + ReLU;
-  final 1x1 conv. Dropout is absent (inference)."""
+  final 1x1 conv. Dropout is absent (inference) unless ``dropout_masks`` = (deepest
+  encoder level's, bottleneck's) multiplicative masks: the authors' Caffe placement,
+  the encoder one before that map is both skip and pooled."""
   p = {name: {k: np.asarray(v, np.float64) for k, v in layer.items()}
        for name, layer in params.items()}
 
@@ -262,10 +264,14 @@ def _np_unet(params, x, depth):
   skips = []
   for level in range(depth):
     h = double_conv(h, f"down{level}")
+    if dropout_masks is not None and level == depth - 1:
+      h = h * dropout_masks[0]
     skips.append(h)
     rows, cols, c = h.shape
     h = h.reshape(rows // 2, 2, cols // 2, 2, c).max(axis=(1, 3))
   h = double_conv(h, "bottleneck")
+  if dropout_masks is not None:
+    h = h * dropout_masks[1]
   for level in reversed(range(depth)):
     kernel, bias = p[f"up{level}_upconv"]["kernel"], p[f"up{level}_upconv"]["bias"]
     up = np.zeros((2 * h.shape[0], 2 * h.shape[1], kernel.shape[-1]))
@@ -300,6 +306,32 @@ def test_forward_equals_a_numpy_unet_written_from_the_paper(depth, features, sha
   for n in range(2):
     want = _np_unet(variables["params"], x[n], depth)
     np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_dropout_sits_at_the_end_of_the_contracting_path():
+  """Training mode: exactly two dropouts, on the deepest encoder level's output and on
+  the bottleneck's (paper: "at the end of the contracting path"; the Caffe model's
+  placement), with rate p. Their masks, read from the captured dropout outputs, put
+  into the NumPy net at those two places reproduce the training-mode logits."""
+  import flax.linen as nn
+  from random_nets import random_variables
+  depth, p = 2, 0.5
+  model = UNet(num_classes=3, features=3, depth=depth, dropout_rate=p)
+  variables = random_variables(model, 1, seed=3)
+  x = np.random.default_rng(1).normal(size=(1, 60, 52, 1)).astype(np.float32)
+  logits, state = model.apply(variables, x, train=True,
+                              rngs={"dropout": jax.random.PRNGKey(5)},
+                              capture_intermediates=lambda m, _: isinstance(m, nn.Dropout))
+  outs = [v["__call__"][0] for _, v in sorted(state["intermediates"].items())]
+  assert [o.shape[-1] for o in outs] == [3 * 2**(depth - 1), 3 * 2**depth]
+  # y = x m / (1 - p): where x = 0 any mask value gives the same product; a wrong rate
+  # (another scale of the kept values) would not reproduce the logits below
+  masks = [np.where(np.asarray(o[0]) != 0, 1.0 / (1.0 - p), 0.0) for o in outs]
+  want = _np_unet(variables["params"], x[0], depth, dropout_masks=masks)
+  np.testing.assert_allclose(np.asarray(logits[0]), want, rtol=1e-5,
+                             atol=1e-5 * np.abs(want).max())
+  inference = np.asarray(model.apply(variables, x, train=False)[0])
+  assert np.abs(inference - want).max() > 1e-3  # the masks matter
 
 
 def _operand_dtypes(jaxpr, names=("conv_general_dilated", "dot_general"), found=None):
