@@ -431,6 +431,55 @@ def test_checkpoint_of_another_architecture_is_refused(tiny_run, tmp_path):
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6", "9"]
 
 
+def test_damaged_checkpoints_give_one_line_for_prediction(tiny_run, tmp_path):
+  """evaluate.py / export load through load_for_inference: a damaged best or latest
+  checkpoint is a UserInputError naming it and what to do (an orbax traceback before)."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  best_step = checkpoint.best_score(run)["step"]
+  def damage(folder):
+    for f in folder.rglob("*"):
+      if f.is_file() and "ocdbt" in str(f) and "/d/" in str(f):
+        f.write_bytes(f.read_bytes()[:50])
+  damage(run / "best" / str(best_step) / "params")
+  with pytest.raises(UserInputError, match=rf"checkpoint {run}/best/{best_step} cannot be "
+                     r"read \(.*; use --checkpoint latest"):
+    inference.load_for_inference(run, "best")
+  inference.load_for_inference(run, "latest")  # the periodic ones are intact
+  damage(run / "checkpoints" / "9" / "state")
+  with pytest.raises(UserInputError, match=rf"checkpoint {run}/checkpoints/9 cannot be read.*"
+                     rf"move it aside \(mv {run}/checkpoints/9 "):
+    inference.load_for_inference(run, "latest")
+
+
+def test_a_crash_at_a_validation_step_redoes_that_validation(tiny_config, tmp_path,
+                                                              monkeypatch):
+  """A crash between the checkpoint and the validation of the same step (kill -9) must
+  not lose that validation: the rerun logs it and keeps the best checkpoint that an
+  uninterrupted run keeps. The crash is an exception raised by step 3's validation."""
+  c = tiny_config
+  c.num_steps, c.eval_every, c.checkpoint_every = 6, 3, 3
+  train_lib.train_and_evaluate(c, str(tmp_path / "ref"))
+  real = train_lib._evaluate  # pylint: disable=protected-access
+  def crash_at_3(*args, **kwargs):
+    if args[5] == 3:  # the step
+      raise RuntimeError("killed")
+    return real(*args, **kwargs)
+  monkeypatch.setattr(train_lib, "_evaluate", crash_at_3)
+  with pytest.raises(RuntimeError, match="killed"):
+    train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  monkeypatch.setattr(train_lib, "_evaluate", real)
+  train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+  def val_rows(work):
+    rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["vrand"]) for r in rows if r["split"] == "val"]
+  assert [s for s, _ in val_rows(tmp_path / "run")] == [3, 6]
+  np.testing.assert_allclose(val_rows(tmp_path / "run"), val_rows(tmp_path / "ref"),
+                             atol=1e-5)
+  assert checkpoint.best_score(tmp_path / "run")["step"] == \
+      checkpoint.best_score(tmp_path / "ref")["step"]
+
+
 class _Terminal(io.StringIO):
   def isatty(self):
     return True

@@ -178,8 +178,10 @@ def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
 
 
 def _first_line(e: Exception) -> str:
-  """``"Type: first line of the message"`` for a log line."""
-  return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+  """``"Type: first line of the message"`` for a log line (without TensorStore's
+  spec dump, which follows "See full TensorStore details")."""
+  line = str(e).splitlines()[0].split(" See full TensorStore details")[0] if str(e) else ""
+  return f"{type(e).__name__}: {line[:200]}"
 
 
 def _restore_position(manager: ocp.CheckpointManager, step: int, data_iter: Any) -> bool:
@@ -240,9 +242,22 @@ def _restore_newest(mgr: ocp.CheckpointManager, name: str, restore_args: Any
     step = mgr.latest_step()
     if step is None:
       return None
-    return mgr.restore(step, args=ocp.args.Composite(**{name: restore_args}))[name], step
+    return _read(mgr, step, name, restore_args), step
   finally:
     mgr.close()
+
+
+def _read(mgr: ocp.CheckpointManager, step: int, name: str, restore_args: Any) -> Any:
+  """Item ``name`` of checkpoint ``step`` for prediction; an unreadable one is a
+  one-line :class:`UserInputError` (training falls back past such checkpoints instead)."""
+  restored, error = _try_restore(mgr, step, **{name: restore_args})
+  if error is not None:
+    path = pathlib.Path(mgr.directory) / str(step)
+    other = ("use --checkpoint latest" if path.parent.name == "best" else
+             f"to use the one before, move it aside (mv {path} {path}.corrupt)")
+    raise UserInputError(f"the checkpoint {path} cannot be read ({error}): damaged, or "
+                         f"written with another config or version; {other}")
+  return restored[name]
 
 
 def best_score(workdir: str | pathlib.Path) -> dict | None:
@@ -291,7 +306,6 @@ def restore_state(workdir: str | pathlib.Path, abstract_state: Any, step: int) -
   """The train state of the periodic checkpoint at ``step`` (read-only)."""
   mgr = _read_only_train_manager(workdir)
   try:
-    return mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state))).state
+    return _read(mgr, step, "state", ocp.args.StandardRestore(abstract_state))
   finally:
     mgr.close()

@@ -512,14 +512,17 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
         monitor.update(m)
       if log_now:
         monitor.write_train(step, {"learning_rate": float(schedule(step - 1))})
+      # Validation before the save: a crash between the two then redoes the step's
+      # validation on resume (the run resumes after the newest checkpoint), so the
+      # best checkpoint is the one an uninterrupted run keeps.
+      if eval_now:
+        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
+                         last_ckpt)
       if save_now:
         save_checkpoint(manager, step, state, data_iter, (last_ckpt or start) + 1, config,
                         last_ckpt, str(workdir))
         last_ckpt = step
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
-      if eval_now:
-        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
-                         last_ckpt)
       if stop_now:
         raise Interrupted(stop.signum, step)
   finally:
