@@ -480,6 +480,29 @@ def test_a_crash_at_a_validation_step_redoes_that_validation(tiny_config, tmp_pa
       checkpoint.best_score(tmp_path / "ref")["step"]
 
 
+def test_a_refused_resume_names_the_changed_fields_and_keeps_config_json(tiny_run, tmp_path,
+                                                                          caplog):
+  """A config whose optimizer state no longer fits the checkpoints (no clipping) is
+  refused naming the field, and the run's config.json stays as it was (evaluate.py reads
+  it). A change that fits is resumed with a warning naming it."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  before = (run / "config.json").read_text()
+  c = config_lib.load_saved(run)
+  c.num_steps, c.grad_clip_norm = 12, 0.0
+  with pytest.raises(UserInputError, match=r"could be restored.*Changed since the run's "
+                     r"config.json: grad_clip_norm: 5.0 -> 0.0; num_steps: 9 -> 12\."):
+    train_lib.train_and_evaluate(c, str(run))
+  assert (run / "config.json").read_text() == before
+  c = config_lib.load_saved(run)
+  c.num_steps, c.learning_rate = 10, 0.02
+  with caplog.at_level("WARNING"):
+    train_lib.train_and_evaluate(c, str(run))
+  assert "changed since its config.json: learning_rate: 0.01 -> 0.02; num_steps: 9 -> 10" \
+      in caplog.text
+  assert config_lib.load_saved(run).learning_rate == 0.02
+
+
 class _Terminal(io.StringIO):
   def isatty(self):
     return True

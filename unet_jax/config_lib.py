@@ -277,6 +277,23 @@ def load_saved(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return config
 
 
+def changed_fields(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+                   ) -> list[str]:
+  """``"field: old -> new"`` for every (nested) field whose value differs."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[prefix + k] = v
+    return out
+  a, b = flat(old.to_dict()), flat(new.to_dict())
+  norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  # JSON has no tuples
+  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+          if norm(a.get(k)) != norm(b.get(k))]
+
+
 def check_same_architecture(old: ml_collections.ConfigDict,
                             new: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir trained with a different architecture."""

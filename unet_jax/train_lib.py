@@ -446,11 +446,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
   config = config_lib.resolve(config, train_data.num_channels)
+  changed = []
   if (workdir / "config.json").is_file():
-    config_lib.check_same_architecture(config_lib.load_saved(workdir), config, str(workdir))
-  if primary_process:
-    config_lib.save(workdir, config)
-    (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
+    saved = config_lib.load_saved(workdir)
+    config_lib.check_same_architecture(saved, config, str(workdir))
+    changed = config_lib.changed_fields(saved, config)
+    if changed:
+      log.warning("resuming %s with config fields changed since its config.json: %s",
+                  workdir, "; ".join(changed))
 
   model = model_lib.from_config(config)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
@@ -463,7 +466,18 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   manager = checkpoint.train_manager(
       workdir, config.keep_checkpoints,
       async_save=config_lib.async_checkpoints(config, jax.default_backend()))
-  restored = checkpoint.restore_latest(manager, state, data_iter)
+  try:
+    restored = checkpoint.restore_latest(manager, state, data_iter)
+  except UserInputError as e:
+    if changed:
+      raise UserInputError(f"{e} Changed since the run's config.json: {'; '.join(changed)}."
+                           ) from None
+    raise
+  # Written once the checkpoint is loaded: a refused resume leaves the run's
+  # config.json, which evaluate.py reads, as it was.
+  if primary_process:
+    config_lib.save(workdir, config)
+    (workdir / "versions.json").write_text(json.dumps(versions(), indent=2))
   start = 0
   if restored is not None:
     state, start = restored.state, restored.step
