@@ -503,6 +503,34 @@ def test_a_refused_resume_names_the_changed_fields_and_keeps_config_json(tiny_ru
   assert config_lib.load_saved(run).learning_rate == 0.02
 
 
+def test_a_read_failing_after_an_abort_is_not_taken_for_damage(tiny_run, tmp_path,
+                                                                 monkeypatch):
+  """A second Ctrl-C during the checkpoint load can surface from orbax as an ordinary
+  read error. With the abort asked (``aborted``), restore_latest raises KeyboardInterrupt
+  and sets nothing aside; without it, the same failure is damage (renamed .corrupt)."""
+  from unet_jax import run_control
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  c = config_lib.load_saved(run)
+  abstract = jax.eval_shape(lambda: train_lib.create_train_state(
+      c, model_lib.from_config(c), jax.random.PRNGKey(0)))
+  real = checkpoint._try_restore  # pylint: disable=protected-access
+  monkeypatch.setattr(checkpoint, "_try_restore", lambda manager, step, **items: (
+      (None, "Exception: Encountered error while reading") if step == 9
+      else real(manager, step, **items)))
+  stop = run_control.StopOnSignal()
+  stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
+  manager = checkpoint.train_manager(run)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.restore_latest(manager, abstract, aborted=lambda: stop.aborted)
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6", "9"]
+  assert checkpoint.restore_latest(manager, abstract).step == 6
+  manager.close()
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6", "9.corrupt"]
+
+
 class _Terminal(io.StringIO):
   def isatty(self):
     return True

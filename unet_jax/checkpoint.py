@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import grain
 import jax
@@ -111,7 +111,8 @@ class Restored(NamedTuple):
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iter: Any | None = None) -> Restored | None:
+                   data_iter: Any | None = None,
+                   aborted: Callable[[], bool] = lambda: False) -> Restored | None:
   """Restores the newest readable checkpoint; falls back to older ones.
 
   A corrupt or incomplete newest checkpoint is reported with a warning and the
@@ -133,6 +134,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       giving structure, shapes and dtypes.
     data_iter: grain iterator whose position is restored in place; None for
       a loop that feeds its own data (``data_restored`` is then False).
+    aborted: True once the user asked to abort (a second Ctrl-C). A read that
+      fails then was interrupted, not damaged: KeyboardInterrupt is raised and
+      nothing is set aside (orbax may turn the interrupt into an ordinary error).
   Returns:
     A :class:`Restored`, or None if there is no checkpoint.
   Raises:
@@ -145,6 +149,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   for step in steps:
     restored, error = _try_restore(manager, step,
                                    state=ocp.args.StandardRestore(abstract_state))
+    if error is not None and aborted():
+      raise KeyboardInterrupt
     if not distributed.all_agree(error is None):
       log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step,
                   manager.directory, error or "in another process")

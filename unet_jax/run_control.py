@@ -120,6 +120,7 @@ class NoStop:
   """Stand-in for :class:`StopOnSignal` where signals keep their default action."""
   signum = None
   requested = False
+  aborted = False
 
   def check(self, step: int) -> bool:
     del step
@@ -143,6 +144,7 @@ class StopTogether:
   its save. ``check`` must be called at every step, by every process.
   """
   signum = signal.SIGTERM
+  aborted = False
 
   def __init__(self):
     self.requested = False
@@ -175,6 +177,7 @@ class StopOnSignal:
 
   def __init__(self):
     self.signum: int | None = None
+    self.aborted = False  # a second Ctrl-C: True even where a library swallowed the interrupt
     self._previous: dict = {}
 
   @property
@@ -189,6 +192,7 @@ class StopOnSignal:
   def _handle(self, signum, frame) -> None:
     del frame
     if self.signum is not None and signum == signal.SIGINT:
+      self.aborted = True
       raise KeyboardInterrupt  # a second Ctrl-C: stop now
     self.signum = signum
     print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "

@@ -467,7 +467,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
       workdir, config.keep_checkpoints,
       async_save=config_lib.async_checkpoints(config, jax.default_backend()))
   try:
-    restored = checkpoint.restore_latest(manager, state, data_iter)
+    restored = checkpoint.restore_latest(manager, state, data_iter,
+                                         aborted=lambda: stop.aborted)
   except UserInputError as e:
     if changed:
       raise UserInputError(f"{e} Changed since the run's config.json: {'; '.join(changed)}."
