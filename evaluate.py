@@ -105,6 +105,11 @@ def main(argv):
       from unet_jax import predict
       predict.check_request(FLAGS.input, FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval",
                             FLAGS.threshold, FLAGS.overwrite)
+  if FLAGS.out:  # before any work: an unwritable --out or a file there is one line at once
+    cli.writable_dir(FLAGS.out)
+  if FLAGS.config is not None:  # checked as train.py does: a bad field is one line at once
+    from unet_jax import config_lib
+    config_lib.validate(FLAGS.config)
 
   if FLAGS.onnx:
     from unet_jax import onnx_predict
@@ -128,7 +133,7 @@ def main(argv):
   if FLAGS.instances:
     from unet_jax import config_lib
     config = config_lib.override_instances(config, FLAGS.instances)
-  out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
+  out = cli.writable_dir(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
     split = FLAGS.split or ("heldout" if config.heldout_indices else "val")
@@ -145,7 +150,7 @@ def main(argv):
   elif FLAGS.mode == "submission":
     from unet_jax import submission
 
-    volume = datasets.read_image_file(_test_volume(config))
+    volume = submission.read_test_volume(_test_volume(config))  # grey [S, H, W] only
     path = evaluation.write_submission(model, variables, volume, out / "submission.tif",
                                        config, postprocess=FLAGS.postprocess, **kwargs)
     info = submission.describe_submission(path, volume)

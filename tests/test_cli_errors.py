@@ -292,3 +292,108 @@ def test_download_help_names_the_citations():
   assert proc.returncode == 0
   for needle in ("Arganda-Carreras", "Cardona", "Ulman", "Cell Tracking Challenge"):
     assert needle in proc.stdout
+
+
+# ----------------------------------------------------------------------------- file system
+
+
+def _run_main(main, capsys) -> str:
+  """``cli.run`` around ``main`` (no flags to parse); returns its one stderr line."""
+  import types
+  app = types.SimpleNamespace(run=lambda f, flags_parser: f(["prog"]))
+  with pytest.raises(SystemExit) as e:
+    cli.run(app, main)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+  return err
+
+
+def test_runner_turns_file_system_errors_into_one_line(tmp_path, capsys):
+  """An OSError of a full disk, a read-only or forbidden path, or a file in the way
+  that escapes a CLI is one line naming the path (exit 2); other errors keep their
+  traceback."""
+  import errno
+
+  def raise_(exc):
+    def main(argv):
+      raise exc
+    return main
+
+  err = _run_main(raise_(OSError(errno.ENOSPC, "No space left on device", "/w/ckpt")), capsys)
+  assert ("no space left on device writing /w/ckpt: free space, then re-run (training "
+          "resumes from its last checkpoint)") in err
+  err = _run_main(raise_(OSError(errno.EROFS, "Read-only file system", "/ro/x")), capsys)
+  assert "/ro/x" in err and "Read-only file system" in err
+  # wrapped by a library (raise ... from): its cause decides
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = PermissionError(errno.EACCES, "Permission denied", "/p/q")
+  err = _run_main(raise_(wrapped), capsys)
+  assert "/p/q" in err and "Permission denied" in err
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  err = _run_main(lambda argv: (blocker / "sub").mkdir(parents=True), capsys)  # ENOTDIR
+  assert str(blocker / "sub") in err and "Not a directory" in err
+  err = _run_main(lambda argv: blocker.mkdir(), capsys)  # EEXIST
+  assert str(blocker) in err and "File exists" in err
+  import types
+  app = types.SimpleNamespace(run=lambda f, flags_parser: f(["prog"]))
+  for other in (FileNotFoundError(errno.ENOENT, "No such file", "/n"), RuntimeError("bug")):
+    with pytest.raises(type(other)):
+      cli.run(app, raise_(other))
+
+
+def _data_tool(capsys, *args) -> str:
+  from unet_jax import data_tool
+  assert data_tool.main(list(args)) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: "), err
+  return err
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("def get_config(:\n", "syntax error at line 1"),
+    (None, "not a workdir's config.json"),
+    ("from configs import tiny\n\ndef get_config():\n  c = tiny.get_config()\n"
+     "  c.tile_size = 61\n  return c\n", "nearest valid sizes: 60 or 64"),
+])
+def test_data_tool_preview_checks_the_config_like_train(tmp_path, capsys, content, needle):
+  """A broken file, a workdir's config.json, an invalid field: train.py's one line."""
+  if content is None:
+    path = tmp_path / "config.json"
+    path.write_text('{"features": 4, "use": true}')
+  else:
+    path = tmp_path / "my_config.py"
+    path.write_text(content)
+  err = _data_tool(capsys, "preview", "--config", str(path), "--out", str(tmp_path / "p"))
+  assert needle in err, err
+
+
+def test_data_tool_output_folders_are_checked_before_any_work(tmp_path, capsys):
+  """--out / --dest that is a file, lies under a file or is read-only: one line."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  tiny = str(REPO / "configs" / "tiny.py")
+  err = _data_tool(capsys, "preview", "--config", tiny, "--out", str(blocker))
+  assert f"--out {blocker} is a file" in err
+  err = _data_tool(capsys, "preview", "--config", tiny, "--out", str(blocker / "p"))
+  assert f"--out {blocker / 'p'} is not writable" in err
+  err = _data_tool(capsys, "download", "--dataset", "isbi2012", "--dest", str(blocker / "d"),
+                   "--url-base", "http://127.0.0.1:9")  # never reached
+  assert f"--dest {blocker / 'd'} is not writable" in err
+
+
+def read_only_dir(tmp_path) -> pathlib.Path:
+  """A folder of mode 0o555; skips the test where it is writable (running as root)."""
+  folder = tmp_path / "read_only"
+  folder.mkdir(mode=0o555)
+  if os.access(folder, os.W_OK):
+    pytest.skip("running as root: a 0o555 folder is writable")
+  return folder
+
+
+def test_data_tool_read_only_out(tmp_path, capsys):
+  readonly = read_only_dir(tmp_path)
+  err = _data_tool(capsys, "preview", "--config", str(REPO / "configs" / "tiny.py"),
+                   "--out", str(readonly / "p"))
+  assert f"--out {readonly / 'p'} is not writable (Permission denied)" in err

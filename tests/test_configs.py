@@ -8,6 +8,7 @@ used), set only what differs from it, and never choose on the reported split.
 """
 
 import ast
+import math
 import pathlib
 import re
 
@@ -15,6 +16,7 @@ import pytest
 
 from configs import default
 from unet_jax import config_lib, datasets
+from unet_jax.errors import UserInputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = sorted(p for p in (REPO / "configs").glob("*.py")
@@ -119,3 +121,76 @@ def test_instance_overrides_change_only_the_instances_block():
                        ("threshold=1.5", "must be in [0, 1)"), ("min_size", "FIELD=VALUE")]:
     with pytest.raises(UserInputError, match=re.escape(needle)):
       config_lib.override_instances(base, [item])
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, field = dotted.split(".")
+  for key in parents:
+    config = config[key]
+  config[field] = value
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("eval_batch_size", 0, "must be >= 1"),  # was a ZeroDivisionError at the first validation
+    ("seed", -1, "must be in [0, 2**63)"),  # was a ValueError of grain after setup
+    ("seed", 2**63, "must be in [0, 2**63)"),  # jax.random.PRNGKey: OverflowError
+    ("augment.elastic_grid", 0, "must be >= 2"),  # np.stack of no grid nodes
+    ("augment.elastic_grid", 1, "must be >= 2"),  # a constant shift, no deformation
+    ("sigma", math.inf, "must be a finite number > 0"),  # OverflowError in the weight maps
+    ("learning_rate", math.nan, "must be a finite number > 0"),  # NaN < 0 is False
+    ("learning_rate", math.inf, "must be a finite number > 0"),
+    ("w0", math.nan, "must be a finite number >= 0"),
+    ("w0", -1.0, "must be >= 0"),
+    ("grad_clip_norm", math.nan, "must be a finite number >= 0"),
+    ("classifier_init_scale", -1.0, "must be >= 0"),
+    ("augment.elastic_std", math.inf, "must be a finite number >= 0"),
+    ("augment.intensity", 1.0, "must be in [0, 1)"),
+    ("warmup_steps", -1, "must be >= 0"),
+    ("num_workers", -1, "must be >= 0"),
+    ("eval_every", -1, "must be >= 0"),
+    ("in_channels", -1, "must be >= 0"),
+    ("synthetic.num_images", 0, "must be >= 1"),
+    ("instances.threshold", math.nan, "must be a finite number in [0, 1)"),
+    ("instances.min_size", -1, "must be >= 0"),
+    ("dropout_rate", math.nan, "must be a finite number in [0, 1)"),
+])
+def test_bad_numbers_are_refused_naming_field_value_and_range(field, value, allowed):
+  c = default.get_config()
+  _set(c, field, value)
+  with pytest.raises(UserInputError) as e:
+    config_lib.validate(c)
+  assert str(e.value).startswith(f"--config.{field}={value!r}: {allowed}"), str(e.value)
+
+
+def test_every_number_of_the_default_config_is_checked():
+  """A new numeric field needs its range in config_lib.NUMBERS (or a check of its own)."""
+  def leaves(d, prefix=""):
+    for k, v in d.items():
+      yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+  numeric = {k for k, v in leaves(default.get_config().to_dict())
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  checked = {field for field, *_ in config_lib.NUMBERS} | {"tile_size", "eval_tile_size"}
+  assert numeric <= checked, sorted(numeric - checked)
+  for field, integer, _, _ in config_lib.NUMBERS:  # and accepts the default
+    assert field in numeric, field
+    c = default.get_config()
+    value = c
+    for key in field.split("."):
+      value = value[key]
+    assert isinstance(value, int) == integer, field
+  config_lib.validate(default.get_config())
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"depth": 4, "featu', "is not valid JSON (Unterminated string"),  # truncated
+    ("", "is not valid JSON (Expecting value"),
+    ("[4]", "holds a JSON list"),
+])
+def test_a_damaged_saved_config_names_the_file(tmp_path, content, needle):
+  (tmp_path / "config.json").write_text(content)
+  with pytest.raises(UserInputError) as e:
+    config_lib.load_saved(tmp_path)
+  message = str(e.value)
+  assert message.startswith(str(tmp_path / "config.json")) and needle in message, message
+  assert message.endswith("restore it or use a new --workdir"), message

@@ -226,6 +226,39 @@ def test_truncated_tiff_names_the_file(tmp_path):
     datasets.load_split(_config("isbi2012", tmp_path), "train")
 
 
+def test_nan_pixels_are_refused_where_every_reader_reads(tmp_path):
+  """Own data, ISBI and CTC: one NaN pixel made the normalised image all NaN (silent seg 0
+  on validation, a NaN loss "lower the learning rate" in training)."""
+  rng = np.random.default_rng(0)
+  # folder dataset: the NaN image is the validation image
+  image = rng.random((20, 30)).astype(np.float32)
+  image[1, 2] = np.nan
+  mask = np.zeros((20, 30), np.uint8)
+  mask[3:9, 3:9] = 1
+  _folder(tmp_path / "own", {"a": mask}, images={"a": np.full((20, 30), 7, np.uint8)})
+  tifffile.imwrite(tmp_path / "own/images/b.tif", image)
+  tifffile.imwrite(tmp_path / "own/masks/b.tif", mask)
+  c = _config("folder", tmp_path / "own", "0", "1")
+  assert len(datasets.load_split(c, "train")) == 1
+  with pytest.raises(UserInputError, match=r"images/b\.tif: 1 NaN/Inf pixel\(s\); fix or drop"):
+    datasets.load_split(c, "val")
+  # ISBI volume (one array for all slices) and a CTC frame: datasets.read_image_file
+  volume, _ = data_helpers.write_isbi(tmp_path / "isbi", n=3)
+  volume = volume.astype(np.float32)
+  volume[1, 0, :2] = [np.nan, np.inf]
+  tifffile.imwrite(tmp_path / "isbi/train-volume.tif", volume)
+  with pytest.raises(UserInputError, match=r"train-volume\.tif: 2 NaN/Inf pixel\(s\); fix"):
+    datasets.load_split(_config("isbi2012", tmp_path / "isbi", "0"), "train")
+  images, _ = data_helpers.write_ctc(tmp_path / "ctc", "DIC-C2DH-HeLa", frames=3)
+  frame = images[2].astype(np.float64)
+  frame[5, 5] = -np.inf
+  tifffile.imwrite(tmp_path / "ctc/DIC-C2DH-HeLa/01/t002.tif", frame)
+  c = _config("dic_hela", tmp_path / "ctc", "0-1", "2")
+  assert len(datasets.load_split(c, "train")) == 2  # files are read once the split is chosen
+  with pytest.raises(UserInputError, match=r"01/t002\.tif: 1 NaN/Inf pixel\(s\); fix"):
+    datasets.load_split(c, "val")
+
+
 def test_count_and_value_mismatch(tmp_path):
   volume, labels = data_helpers.write_isbi(tmp_path, n=3)  # files directly in data_dir
   assert len(datasets.load_split(_config("isbi2012", tmp_path), "train")) == 3

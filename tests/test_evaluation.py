@@ -294,6 +294,78 @@ def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
   assert run.returncode == 2 and "must be one of components, watershed" in run.stderr
 
 
+def _clean_error(run, *needles) -> str:
+  """Exit 2, no traceback, the last stderr line ``error: ...`` holding ``needles``."""
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  err = run.stderr.strip().splitlines()[-1]
+  assert err.startswith("error: "), run.stderr[-3000:]
+  for needle in needles:
+    assert needle in err, (needle, err)
+  return err
+
+
+def test_cli_out_that_cannot_be_a_folder_is_one_line_before_any_work(workdir, tmp_path):
+  """--out that is a file or lies under one, in each mode: one line, exit 2, before the
+  checkpoint is loaded (so before any prediction)."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  image = tmp_path / "cells.tif"
+  tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8))
+  for mode, out, needle in (("heldout", blocker, f"--out {blocker} is a file"),
+                            ("submission", blocker / "s", "is not writable (Not a directory)"),
+                            ("predict", blocker, f"--out {blocker} is a file")):
+    run = _evaluate(f"--workdir={workdir}", f"--mode={mode}", f"--out={out}",
+                    *([f"--input={image}"] if mode != "heldout" else []))
+    _clean_error(run, needle)
+    assert "loaded the" not in run.stderr, run.stderr  # no checkpoint was read
+
+
+def test_cli_read_only_out_is_one_line(workdir, tmp_path):
+  read_only = tmp_path / "read_only"
+  read_only.mkdir(mode=0o555)
+  if os.access(read_only, os.W_OK):
+    pytest.skip("running as root: a 0o555 folder is writable")
+  image = tmp_path / "cells.tif"
+  tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (37, 45), np.uint8))
+  for mode in ("heldout", "submission", "predict"):
+    run = _evaluate(f"--workdir={workdir}", f"--mode={mode}", f"--out={read_only / 'o'}",
+                    *([f"--input={image}"] if mode != "heldout" else []))
+    _clean_error(run, f"--out {read_only / 'o'} is not writable (Permission denied)")
+
+
+def test_cli_explicit_config_is_validated(workdir, tmp_path):
+  """--config is checked as train.py checks it: a bad field is one line, exit 2."""
+  for field, needle in (("dtype=float16", "--config.dtype='float16'"),
+                        ("eval_batch_size=0", "--config.eval_batch_size=0")):
+    run = _evaluate(f"--workdir={workdir}", "--config", str(REPO / "configs" / "tiny.py"),
+                    f"--config.{field}", f"--out={tmp_path / 'eval'}")
+    _clean_error(run, needle)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_submission_input_must_be_a_grey_stack(workdir, tmp_path):
+  """An RGB image is one colour image, never 96 slices of 96 x 3 px: refused."""
+  from PIL import Image
+  from unet_jax import submission
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 255, (96, 96, 3), np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "rgb.png")
+  tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+  for name in ("rgb.png", "rgb.tif"):
+    with pytest.raises(UserInputError, match=r"grey \[S, H, W\] stack.*1 RGB image"):
+      submission.read_test_volume(tmp_path / name)
+  grey = rng.integers(0, 255, (2, 40, 44), np.uint8)
+  tifffile.imwrite(tmp_path / "grey.tif", grey)
+  np.testing.assert_array_equal(submission.read_test_volume(tmp_path / "grey.tif"), grey)
+  Image.fromarray(grey[0]).save(tmp_path / "grey.png")
+  np.testing.assert_array_equal(submission.read_test_volume(tmp_path / "grey.png"), grey[:1])
+  run = _evaluate(f"--workdir={workdir}", "--mode=submission", f"--input={tmp_path / 'rgb.png'}",
+                  f"--out={tmp_path / 'sub'}")
+  _clean_error(run, str(tmp_path / "rgb.png"), "grey [S, H, W] stack")
+  assert not (tmp_path / "sub" / "submission.tif").exists()
+
+
 @pytest.mark.slow
 def test_train_then_evaluate(tmp_path):
   """The real CLIs once end to end: train.py writes a run, evaluate.py scores it,

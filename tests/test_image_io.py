@@ -264,3 +264,24 @@ def test_complex_pixels_are_refused(tmp_path, dtype):
   tifffile.imwrite(tmp_path / "c.tif", (np.ones((20, 24)) * (1 + 2j)).astype(dtype))
   with pytest.raises(UserInputError, match=r"c\.tif: complex-valued pixels"):
     image_io.read_image(tmp_path / "c.tif")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_nan_and_inf_pixels_are_refused_with_their_count(tmp_path, dtype):
+  """One NaN made every normalised pixel NaN: an all-NaN _prob.tif counted as segmented."""
+  image = _rng().random((20, 24)).astype(dtype)
+  image[3, 4] = np.nan
+  tifffile.imwrite(tmp_path / "one.tif", image)
+  with pytest.raises(UserInputError) as e:
+    image_io.model_pages(tmp_path / "one.tif", 1)  # evaluate.py --mode predict reads so
+  assert str(e.value) == f"{tmp_path / 'one.tif'}: 1 NaN/Inf pixel(s); fix or drop the image"
+  # RGB: a pixel counts once, however many channels are bad; pages are named.
+  rgb = _rng().random((3, 20, 24, 3)).astype(dtype)
+  rgb[1, 0, 0] = np.inf
+  rgb[2, 5, 6, 1], rgb[2, 7, 8, 2] = -np.inf, np.nan
+  tifffile.imwrite(tmp_path / "stack.tif", rgb, metadata={"axes": "ZYXS"})
+  with pytest.raises(UserInputError, match=r"stack\.tif: 3 NaN/Inf pixel\(s\) in page\(s\) 1, 2 "
+                     r"of 3 \(counting from 0\); fix or drop the image"):
+    image_io.read_image(tmp_path / "stack.tif")
+  tifffile.imwrite(tmp_path / "fine.tif", np.nan_to_num(image))
+  assert image_io.read_image(tmp_path / "fine.tif").pages[0].dtype == dtype

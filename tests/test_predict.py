@@ -111,6 +111,19 @@ def test_bad_inputs_are_user_errors(tiny_config, tmp_path):
     predict.predict_files(model, variables, tmp_path, tmp_path / "o", tiny_config, threshold=1.5)
 
 
+def test_unwritable_out_is_a_user_error(tiny_config, tmp_path):
+  """An output folder that is a file or lies under one: UserInputError, not an OSError."""
+  model, variables = _net(2, 4)
+  image = tmp_path / "cells.tif"
+  tifffile.imwrite(image, np.zeros((37, 45), np.uint8))
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(UserInputError, match="is a file, not a folder"):
+    predict.predict_files(model, variables, image, blocker, tiny_config, progress=False)
+  with pytest.raises(UserInputError, match=r"not writable \(Not a directory\)"):
+    predict.predict_files(model, variables, image, blocker / "o", tiny_config, progress=False)
+
+
 def test_stack_and_threshold(tiny_config, tmp_path):
   model, variables = _net(2, 4)
   stack = np.random.default_rng(1).integers(0, 255, (3, 25, 31), dtype=np.uint8)

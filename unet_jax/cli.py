@@ -7,17 +7,106 @@ message on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pathlib
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from unet_jax.errors import Interrupted, NonFiniteError, UserInputError
 
+# Errors of the file system that the user fixes (disk full or over quota,
+# read-only, permission denied, a file where a folder belongs): ``run`` gives
+# them one line; every other OSError keeps its traceback.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+USER_ERRNOS = DISK_FULL + (errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EEXIST)
+
 
 def _fail(message: str) -> NoReturn:
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(2)
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  _quiet_exit(2)
+
+
+def _quiet_exit(code: int) -> NoReturn:
+  """Exits with nothing more on the process's stderr after the error line: the
+  reads orbax dropped after a damaged checkpoint finish on TensorStore's threads
+  while the interpreter shuts down and print "Event loop is closed" tracebacks
+  (0 to 3000 lines, measured)."""
+  if sys.stderr is sys.__stderr__:  # the process's own stderr, not a capture
+    try:
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    except (OSError, ValueError):
+      pass
+  sys.exit(code)
+
+
+def os_error_message(exc: BaseException) -> str | None:
+  """One line for an OSError of ``USER_ERRNOS``, also as a ``raise ... from`` cause; else None."""
+  while exc is not None and not (isinstance(exc, OSError) and exc.errno in USER_ERRNOS):
+    exc = exc.__cause__
+  if exc is None:
+    return None
+  path = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None) or "a file"
+  if exc.errno in DISK_FULL:
+    return (f"no space left on device writing {path}: free space, then re-run (training "
+            "resumes from its last checkpoint)")
+  return (f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)} "
+          f"({errno.errorcode[exc.errno]}); choose a writable path or fix its permissions, "
+          "then re-run")
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "--out") -> pathlib.Path:
+  """Creates the folder ``path`` and checks that a file can be written in it.
+
+  The CLIs call it before any work, so that an unwritable output is one line
+  at once rather than a traceback after the work.
+
+  Raises:
+    UserInputError: naming ``flag``, the path and the reason.
+  """
+  folder = pathlib.Path(path).expanduser()
+  if folder.exists() and not folder.is_dir():
+    raise UserInputError(f"{flag} {path} is a file, not a folder: choose a folder "
+                         "(it is created if missing)")
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write_test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise UserInputError(f"{flag} {path} is not writable ({e.strerror or e}): choose a "
+                         "folder you can write to") from None
+  return folder
+
+
+def load_config_file(path: str, name: str = "config") -> "ml_collections.ConfigDict":
+  """``config_lib.load_file`` + ``validate`` for an argparse CLI's ``--name PATH``.
+
+  The errors are the one-line messages that train.py's ``--config`` gives.
+
+  Raises:
+    UserInputError: a missing, ``.json``, broken or invalid config file.
+  """
+  from unet_jax import config_lib
+  if not pathlib.Path(path).is_file():
+    raise UserInputError(f"--{name} {path}: config file not found")
+  if path.endswith(".json"):
+    raise UserInputError(_json_config_message(name, path, saved_is_default=False))
+  try:
+    config = config_lib.load_file(path)
+  except UserInputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # raised by the file itself
+    raise UserInputError(_config_file_message(name, path, e)) from None
+  config_lib.validate(config)
+  return config
+
+
+def _json_config_message(name: str, value: str, saved_is_default: bool = True) -> str:
+  return (f"--{name} {value}: a config file is Python with get_config() (e.g. "
+          "configs/isbi.py)" + (f"; a workdir's config.json is used when --{name} is not "
+                                "given" if saved_is_default else ", not a workdir's config.json"))
 
 
 def _config_flag_message(exc: BaseException) -> str:
@@ -52,8 +141,7 @@ def _check_config_files(argv: Sequence[str], flag_values) -> None:
       if not pathlib.Path(path).is_file():
         _fail(f"--{name} {value}: config file not found")
       if path.endswith(".json"):
-        _fail(f"--{name} {value}: a config file is Python with get_config() (e.g. "
-              f"configs/isbi.py); a workdir's config.json is used when --{name} is not given")
+        _fail(_json_config_message(name, value))
 
 
 _HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -152,26 +240,52 @@ def define_config_file(name: str, default: str | None, help_string: str) -> None
     _fail(_config_flag_message(e))
 
 
+class _DroppedCheckpointReads(logging.Filter):
+  """Drops the log records of the reads orbax abandons after a failed checkpoint read.
+
+  A damaged checkpoint is reported in one line (``checkpoint``), but its other
+  array reads are left running: when they finish or are collected, asyncio
+  logs each ("Task exception was never retrieved", "Exception in callback ...
+  Event loop is closed") with a traceback: 0 to 3000 lines per failed load,
+  measured. Records about anything else pass.
+  """
+
+  NEEDLES = ("Encountered error while reading array index", "Event loop is closed")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage() + (repr(record.exc_info[1]) if record.exc_info else "")
+    return not any(n in text for n in self.NEEDLES)
+
+
 def run(app, main: Callable) -> None:
   """``app.run(main)`` that turns user errors into one-line messages (exit 2).
 
   Exit status: 0 done; 1 some work failed and is listed (e.g. files that
   ``evaluate.py --mode predict`` skipped); 2 a user error (one line, no
-  traceback); 128 + N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM).
+  traceback), including an OSError of ``USER_ERRNOS`` (disk full, read-only,
+  permission denied, a file in the way); 128 + N stopped by signal N after saving
+  (130 Ctrl-C, 143 SIGTERM).
   """
 
   def wrapped(argv):
+    for name in ("asyncio", "concurrent.futures"):
+      logging.getLogger(name).addFilter(_DroppedCheckpointReads())
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/grain chatter
     logging.getLogger("unet_jax").setLevel(logging.INFO)
     try:
       return main(argv)
     except (UserInputError, NonFiniteError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      _quiet_exit(2)
     except Interrupted as e:
       print(f"interrupted: {e}", file=sys.stderr)
       sys.exit(e.exit_code)
+    except Exception as e:  # pylint: disable=broad-except
+      message = os_error_message(e)  # the file system's (USER_ERRNOS), also as a cause
+      if message is None:
+        raise  # anything else is a bug: its traceback
+      _fail(message)
     except KeyboardInterrupt:
       print("interrupted: re-run the same command to resume from the last checkpoint",
             file=sys.stderr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import pathlib
 from typing import Sequence
@@ -39,11 +41,83 @@ def _fail(field: str, value, what: str) -> None:
   raise UserInputError(f"--config.{field}={value!r}: {what}")
 
 
+# Every number of configs/default.py: (field, integer, allowed range, note).
+# Ranges are ">= A", "> A" or "in [A, B)"; floats must also be finite. The tile
+# sizes are checked against depth and padding in validate() (a message naming
+# the nearest valid sizes).
+NUMBERS = (
+    ("num_workers", True, ">= 0", "0 = in the main process"),
+    ("synthetic.num_images", True, ">= 1", ""),
+    ("synthetic.size", True, ">= 1", ""),
+    ("synthetic.cells", True, ">= 1", ""),
+    ("features", True, ">= 1", ""),
+    ("depth", True, ">= 1", "the paper uses 4"),
+    ("num_classes", True, ">= 2", ""),
+    ("dropout_rate", False, "in [0, 1)", ""),
+    ("in_channels", True, ">= 0", "0 = taken from the data"),
+    ("classifier_init_scale", False, ">= 0", "0 = zero init, 1 = the paper's"),
+    ("w0", False, ">= 0", "0 = no border term"),
+    ("sigma", False, "> 0", "the border width in pixels"),
+    ("augment.elastic_std", False, ">= 0", "0 = no elastic deformation"),
+    # 1 node per side only shifts the tile, 2 deform it (augment.elastic_field)
+    ("augment.elastic_grid", True, ">= 2", "2 is the least that deforms; the paper uses 3"),
+    ("augment.intensity", False, "in [0, 1)", "the grey-value gain 1 +- s stays positive"),
+    ("batch_size", True, ">= 1", ""),
+    ("learning_rate", False, "> 0", ""),
+    ("momentum", False, "in [0, 1)", ""),
+    ("warmup_steps", True, ">= 0", "0 = no warmup"),
+    ("grad_clip_norm", False, ">= 0", "0 = no clipping"),
+    ("ema_decay", False, "in [0, 1)", "0 = no parameter average"),
+    ("num_steps", True, ">= 1", ""),
+    ("seed", True, "in [0, 2**63)", ""),
+    ("log_every", True, ">= 1", ""),
+    ("checkpoint_every", True, ">= 1", ""),
+    ("keep_checkpoints", True, ">= 1", ""),
+    ("eval_every", True, ">= 0", "0 = no validation"),
+    ("eval_batch_size", True, ">= 1", ""),
+    ("instances.threshold", False, "in [0, 1)", ""),
+    ("instances.seed_threshold", False, "in [0, 1)", ""),
+    ("instances.seed_radius", True, ">= 0", ""),
+    ("instances.min_size", True, ">= 0", ""),
+)
+
+
+def _in_range(value, allowed: str) -> bool:
+  """Whether ``value`` lies in ``allowed``: ">= A", "> A" or "in [A, B)" (A, B: N or N**P)."""
+  def bound(text: str) -> int:
+    base, _, power = text.strip().partition("**")
+    return int(base) ** int(power or 1)
+
+  op, _, rest = allowed.partition(" ")
+  if op == "in":
+    low, high = (bound(b) for b in rest.strip("[)").split(","))
+    return low <= value < high
+  return value >= bound(rest) if op == ">=" else value > bound(rest)
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  """The fields of :data:`NUMBERS`: type, finiteness and range (NaN fails them all)."""
+  missing = object()
+  for field, integer, allowed, note in NUMBERS:
+    value = config
+    for key in field.split("."):
+      value = value.get(key, missing) if value is not missing else missing
+    if value is missing:
+      continue  # e.g. no instances block (an exported graph's config): the code's defaults
+    note = f" ({note})" if note else ""
+    if isinstance(value, bool) or not isinstance(
+        value, numbers.Integral if integer else numbers.Real):
+      _fail(field, value, f"must be {'an integer' if integer else 'a number'} {allowed}{note}")
+    if not math.isfinite(value):
+      _fail(field, value, f"must be a finite number {allowed}{note}")
+    if not _in_range(value, allowed):
+      _fail(field, value, f"must be {allowed}{note}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserInputError naming the first bad field and what to use instead."""
   c = config
-  if c.depth < 1:
-    _fail("depth", c.depth, "must be >= 1 (the paper uses 4)")
+  _check_numbers(c)
   padding = c.get("padding", "valid")
   if padding not in model_lib.PADDINGS:
     _fail("padding", padding, f"must be one of {model_lib.PADDINGS} (the paper: valid)")
@@ -58,8 +132,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _fail("eval_tile_size", c.eval_tile_size, str(e))
   if c.dtype not in DTYPES:
     _fail("dtype", c.dtype, f"must be one of {DTYPES}")
-  if c.num_classes < 2:
-    _fail("num_classes", c.num_classes, "must be >= 2")
   kind = c.mask_kind
   if kind not in ("binary", "instances", "classes"):
     _fail("mask_kind", kind, "must be 'binary', 'instances' or 'classes'")
@@ -70,28 +142,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("num_classes", c.num_classes, f"dataset {c.get('dataset')!r} has 2 classes "
           "(background, cell); more classes need your own masks (dataset 'folder', "
           "mask_kind 'classes')")
-  if c.features < 1:
-    _fail("features", c.features, "must be >= 1")
-  if not 0.0 <= c.dropout_rate < 1.0:
-    _fail("dropout_rate", c.dropout_rate, "must be in [0, 1)")
-  if c.batch_size < 1:
-    _fail("batch_size", c.batch_size, "must be >= 1")
-  if c.learning_rate <= 0:
-    _fail("learning_rate", c.learning_rate, "must be > 0")
-  if not 0.0 <= c.momentum < 1.0:
-    _fail("momentum", c.momentum, "must be in [0, 1)")
-  if not 0.0 <= c.ema_decay < 1.0:
-    _fail("ema_decay", c.ema_decay, "must be in [0, 1) (0 = no parameter average)")
   if c.class_weights not in ("balanced", "none"):
     _fail("class_weights", c.class_weights, "must be 'balanced' or 'none'")
   if c.lr_schedule not in ("poly", "constant"):
     _fail("lr_schedule", c.lr_schedule, "must be 'poly' or 'constant'")
-  for field in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-    if c[field] < 1:
-      _fail(field, c[field], "must be >= 1")
-  if c.sigma <= 0 or c.w0 < 0:
-    _fail("sigma" if c.sigma <= 0 else "w0", c.sigma if c.sigma <= 0 else c.w0,
-          "sigma must be > 0 and w0 >= 0")
   parse_step_range(c.profile_steps)
   if c.async_checkpoints not in ("auto", "on", "off"):
     _fail("async_checkpoints", c.async_checkpoints, "must be 'auto' (background saves on "
@@ -266,11 +320,23 @@ def save(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None
 
 def load_saved(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run saved in ``WORKDIR/config.json`` (older runs' missing
-  fields filled with the values that reproduce them)."""
+  fields filled with the values that reproduce them).
+
+  Raises:
+    UserInputError: if the file is missing or not a JSON object (truncated, edited).
+  """
   path = pathlib.Path(workdir, "config.json")
   if not path.is_file():
     raise UserInputError(f"{path} not found: is {workdir} the --workdir of a training run?")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    saved = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserInputError(f"{path} is not valid JSON ({e}): restore it or use a new "
+                         "--workdir") from None
+  if not isinstance(saved, dict):
+    raise UserInputError(f"{path} holds a JSON {type(saved).__name__}, not a config's "
+                         "fields: restore it or use a new --workdir")
+  config = ml_collections.ConfigDict(saved)
   for field, value in FIELDS_ADDED_LATER.items():  # workdirs of older versions
     if field not in config:
       config[field] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value

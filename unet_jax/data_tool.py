@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unet_jax import augment, config_lib, datasets, download, input_pipeline
+from unet_jax import augment, cli, datasets, download, input_pipeline
 from unet_jax import model as model_lib
 from unet_jax.errors import UserInputError
 
@@ -108,17 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--data_dir", default=None, help="overrides config.data_dir")
   args = parser.parse_args(argv)
-  try:
+  try:  # the user's mistakes first (config, output folder): one line, before any work
     if args.command == "preview":
-      config = config_lib.load_file(args.config)
+      config = cli.load_config_file(args.config)  # checked as train.py's --config
       if args.data_dir is not None:
         config.data_dir = args.data_dir
-      print(preview(config, args.out))
+      print(preview(config, cli.writable_dir(args.out)))
     else:
       source = datasets.spec(ALIASES.get(args.dataset, args.dataset)).download
-      print(download.download(source, args.dest, url_base=args.url_base))
+      print(download.download(source, cli.writable_dir(args.dest, "--dest"),
+                              url_base=args.url_base))
   except UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # disk full, read-only...: one line (cli.USER_ERRNOS); else traceback
+    message = cli.os_error_message(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
     return 2
   return 0
 

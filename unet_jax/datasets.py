@@ -172,7 +172,8 @@ def read_image_file(path: pathlib.Path) -> np.ndarray:
   """Reads a TIFF (all pages) or PNG file into an array.
 
   Raises:
-    UserInputError: naming the file if it is missing, truncated or unreadable.
+    UserInputError: naming the file if it is missing, truncated, unreadable or
+      holds NaN/Inf pixels (:func:`unet_jax.image_io.check_finite`).
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -180,21 +181,25 @@ def read_image_file(path: pathlib.Path) -> np.ndarray:
   try:
     if path.suffix.lower() in (".tif", ".tiff"):
       import tifffile  # pylint: disable=g-import-not-at-top
-      return np.asarray(tifffile.imread(path))
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    with Image.open(path) as im:
-      return np.asarray(im)
+      array = np.asarray(tifffile.imread(path))
+    else:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      with Image.open(path) as im:
+        array = np.asarray(im)
   except Exception as e:  # pylint: disable=broad-except  # any decoder error = bad file
     raise UserInputError(
         f"cannot read {path} (truncated or corrupted file? {type(e).__name__}: {e}); "
         f"download it again") from e
+  image_io.check_finite(path, array)
+  return array
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
   """Per-image, per-channel zero mean and unit std (see the module docstring).
 
   Args:
-    image: ``[H, W]`` or ``[H, W, C]``, any numeric dtype.
+    image: ``[H, W]`` or ``[H, W, C]``, any numeric dtype; finite (one NaN/Inf
+      pixel makes every output NaN: the readers refuse such files).
   Returns:
     float32 ``[H, W, C]``.
   """

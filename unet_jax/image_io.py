@@ -30,7 +30,8 @@ Every step that drops or changes something adds one line to the file's
 ``notes`` (printed once per file by the callers). Integer and float pixel types
 of any depth (8/16/32-bit, float16/32/64) are kept as they are and cast to
 float32 by the normalisation (``datasets.normalize``); complex and other
-pixel types are refused with a message naming the file. A file that cannot be
+pixel types are refused with a message naming the file, and so are NaN/Inf
+pixels (one makes the whole normalised image NaN). A file that cannot be
 decoded is refused as ``PATH: not a readable TIFF (...)`` (resp. PNG, ...), one
 line. tifffile's log messages go into that reason, or into the notes of a file
 that could be read, instead of onto stderr.
@@ -369,7 +370,8 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
   Raises:
     UserInputError: one line naming the file if it is missing, empty, not
       decodable (truncated, corrupted, of an unknown format), has axes that
-      cannot be read as images or a pixel type other than integer or float.
+      cannot be read as images, a pixel type other than integer or float, or
+      NaN/Inf pixels (:func:`check_finite`).
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -403,7 +405,33 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
   if dtype.kind not in "biuf":
     raise UserInputError(f"{path}: pixel type {dtype} is not supported; save integer "
                          "(8/16/32-bit) or float pixels")
+  check_finite(path, image.pages)
   return image
+
+
+def check_finite(path: str | pathlib.Path, pixels: np.ndarray | Sequence[np.ndarray]) -> None:
+  """Refuses NaN/Inf pixels: one of them makes the whole normalised image NaN.
+
+  Args:
+    path: the file, for the message.
+    pixels: the pages ``[H, W, C]`` of a file (a pixel counts once, however
+      many of its channels are bad), or one array whose values are pixels (the
+      grey stacks and frames of ``datasets.read_image_file``).
+  Raises:
+    UserInputError: ``PATH: N NaN/Inf pixel(s); fix or drop the image``.
+  """
+  if isinstance(pixels, np.ndarray):
+    bad = [int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
+           if pixels.dtype.kind == "f" else 0]
+  else:
+    bad = [int(np.count_nonzero(~np.isfinite(p).all(axis=-1))) if p.dtype.kind == "f" else 0
+           for p in pixels]
+  if not sum(bad):
+    return
+  pages = [i for i, n in enumerate(bad) if n]
+  where = (f" in page(s) {', '.join(map(str, pages[:5]))}{', ...' if len(pages) > 5 else ''}"
+           f" of {len(bad)} (counting from 0)" if len(bad) > 1 else "")
+  raise UserInputError(f"{path}: {sum(bad)} NaN/Inf pixel(s){where}; fix or drop the image")
 
 
 def to_channels(page: np.ndarray, channels: int, rgb: bool, name: str,

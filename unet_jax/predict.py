@@ -337,16 +337,17 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     :class:`PredictResult`.
   Raises:
     UserInputError: before any work, for missing inputs, an output folder
-      inside an input folder, existing outputs without ``overwrite`` or a bad
-      threshold. Problems of single files are reported in the result instead.
+      inside an input folder or that cannot be written (a file, read-only),
+      existing outputs without ``overwrite`` or a bad threshold. Problems of
+      single files are reported in the result instead.
   """
+  from unet_jax import cli
   from unet_jax import instances
   from unet_jax import tiling
   from unet_jax.datasets import normalize
 
   files = check_request(inputs, out_dir, threshold, overwrite)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = cli.writable_dir(out_dir)
   channels = input_channels(variables, model)
   params = instances.InstanceParams.from_config(config)
   if threshold is not None:

@@ -28,6 +28,36 @@ def sha256_file(path: str | pathlib.Path) -> str:
   return digest.hexdigest()
 
 
+def read_test_volume(path: str | pathlib.Path) -> np.ndarray:
+  """The raw slices ``[S, H, W]`` (native dtype) of a grey stack such as ``test-volume.tif``.
+
+  Read with :func:`unet_jax.image_io.read_image`, so the file's axes decide
+  what a slice is: a TIFF's pages (``Z``, ``T``, ``I``...), a one-page image is
+  one slice, and the ``S``/``C`` axis of an RGB or multi-channel file is never
+  read as slices. Such files are refused, not converted to grey: the challenge's
+  volume is grey (``[30, 512, 512]`` uint8), and a submission of luminances
+  would score something else.
+
+  Raises:
+    UserInputError: an unreadable file, more than one channel, slices of
+      different sizes.
+  """
+  from unet_jax import image_io
+
+  image = image_io.read_image(path)
+  h, w = image.pages[0].shape[:2]
+  if image.channels != 1:
+    kind = "RGB" if image.rgb else f"{image.channels}-channel"
+    raise UserInputError(f"{path}: a submission needs a grey [S, H, W] stack (the ISBI "
+                         f"test-volume.tif is [30, 512, 512] uint8), got {len(image.pages)} "
+                         f"{kind} image(s) of {h} x {w} px; pass the challenge's "
+                         "test-volume.tif or a grey TIFF stack")
+  if len({p.shape for p in image.pages}) > 1:
+    raise UserInputError(f"{path}: the slices differ in size; a submission needs a stack "
+                         "of equal slices [S, H, W]")
+  return np.stack([p[..., 0] for p in image.pages])
+
+
 def read_submission(path: str | pathlib.Path) -> np.ndarray:
   """The submission stack ``[S, H, W]`` float32; checks the challenge's format.
 
