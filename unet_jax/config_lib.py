@@ -95,10 +95,13 @@ def _in_range(value, allowed: str) -> bool:
   return value >= bound(rest) if op == ">=" else value > bound(rest)
 
 
-def _check_numbers(config: ml_collections.ConfigDict) -> None:
-  """The fields of :data:`NUMBERS`: type, finiteness and range (NaN fails them all)."""
+def _check_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """The fields of :data:`NUMBERS` that start with ``prefix``: type, finiteness and
+  range (NaN fails them all)."""
   missing = object()
   for field, integer, allowed, note in NUMBERS:
+    if not field.startswith(prefix):
+      continue
     value = config
     for key in field.split("."):
       value = value.get(key, missing) if value is not missing else missing
@@ -186,11 +189,7 @@ def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
   if block.method not in instances.METHODS:
     raise UserInputError(f"--instances method={block.method!r}: must be one of "
                          f"{', '.join(instances.METHODS)}")
-  for key in ("threshold", "seed_threshold"):
-    if not 0.0 <= block[key] < 1.0:
-      raise UserInputError(f"--instances {key}={block[key]}: must be in [0, 1)")
-  if block.seed_radius < 0 or block.min_size < 0:
-    raise UserInputError("--instances seed_radius and min_size must be >= 0")
+  _check_numbers(config, "instances.")
   return config
 
 
