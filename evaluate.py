@@ -22,7 +22,7 @@ import pathlib
 
 from absl import app, flags
 
-from unet_jax import cli
+from unet_jax import cli, run_control
 from unet_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -106,7 +106,7 @@ def main(argv):
       predict.check_request(FLAGS.input, FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval",
                             FLAGS.threshold, FLAGS.overwrite)
   if FLAGS.out:  # before any work: an unwritable --out or a file there is one line at once
-    cli.writable_dir(FLAGS.out)
+    run_control.writable_dir(FLAGS.out)
   if FLAGS.config is not None:  # checked as train.py does: a bad field is one line at once
     from unet_jax import config_lib
     config_lib.validate(FLAGS.config)
@@ -133,7 +133,7 @@ def main(argv):
   if FLAGS.instances:
     from unet_jax import config_lib
     config = config_lib.override_instances(config, FLAGS.instances)
-  out = cli.writable_dir(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
+  out = run_control.writable_dir(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
     split = FLAGS.split or ("heldout" if config.heldout_indices else "val")

@@ -24,3 +24,16 @@ def random_net(depth: int = 2, features: int = 4, channels: int = 1, seed: int =
   """``(model, variables)`` of a small UNet (K = 2, no dropout) with random weights."""
   model = UNet(num_classes=2, features=features, depth=depth, dropout_rate=0.0)
   return model, random_variables(model, channels, seed)
+
+
+def tta_by_hand(predict, image):
+  """``(mean, views)``: ``predict`` (probabilities [H, W, K]) of the 8 flips/rotations
+  of ``image``, each view's output rotated/flipped back, and their mean: TTA written
+  independently of the library's dihedral transforms."""
+  views = []
+  for flip in (False, True):
+    x = image[:, ::-1] if flip else image
+    for k in range(4):
+      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
+      views.append(p[:, ::-1] if flip else p)
+  return np.mean(views, axis=0), views

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from random_nets import random_net
+from random_nets import random_net, tta_by_hand
 from unet_jax import evaluation
 from unet_jax.errors import UserInputError
 
@@ -471,18 +471,6 @@ def test_snapshot_ensemble_averages_the_last_checkpoints(tiny_run, tmp_path):
   assert "--checkpoint latest" in proc.stderr
 
 
-def _tta_by_hand(predict, image):
-  """Mean of ``predict`` (probabilities [H, W, K]) over the 8 flips/rotations of
-  ``image``, each view's output rotated/flipped back before averaging."""
-  views = []
-  for flip in (False, True):
-    x = image[:, ::-1] if flip else image
-    for k in range(4):
-      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
-      views.append(p[:, ::-1] if flip else p)
-  return np.mean(views, axis=0)
-
-
 def test_tta_is_passed_on_to_predictions_scores_and_submission(tiny_config, tmp_path):
   """``tta=True`` in ``predict_images``, ``evaluate_split`` and ``write_submission``
   against the mean, built here, of the non-TTA tiled probabilities of the 8
@@ -494,7 +482,7 @@ def test_tta_is_passed_on_to_predictions_scores_and_submission(tiny_config, tmp_
   data = _data("synthetic", seed=1)
   plain = functools.partial(tiling.predict_tiled, model, variables,
                             tile_size=tiny_config.eval_tile_size)
-  want = [_tta_by_hand(plain, im) for im in data.images]
+  want = [tta_by_hand(plain, im)[0] for im in data.images]
   got = evaluation.predict_images(model, variables, data.images, tiny_config, tta=True)
   for g, w, im in zip(got, want, data.images):
     np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
@@ -512,5 +500,5 @@ def test_tta_is_passed_on_to_predictions_scores_and_submission(tiny_config, tmp_
                                                      tmp_path / "sub.tif", tiny_config,
                                                      tta=True))
   for i in range(2):
-    p = _tta_by_hand(plain, datasets.normalize(volume[i]))
+    p = tta_by_hand(plain, datasets.normalize(volume[i]))[0]
     np.testing.assert_allclose(stack[i], p[..., 1], atol=1e-6, rtol=0)

@@ -301,7 +301,7 @@ def test_refuses_an_existing_package_and_unwritable_out(exported, tmp_path):
     export.export_workdir(workdir, result.onnx_path.parent)
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  with pytest.raises(UserInputError, match="cannot write to --out"):
+  with pytest.raises(UserInputError, match="--out .* is a file, not a folder"):
     export.export_workdir(workdir, blocker)
   # --overwrite replaces what is there (checked without exporting again).
   assert export._check_out(result.onnx_path.parent, result.name, overwrite=True)

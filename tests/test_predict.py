@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from random_nets import random_net
+from random_nets import random_net, tta_by_hand
 from unet_jax import config_lib, evaluation, image_io, predict, tiling
 from unet_jax.errors import UserInputError
 
@@ -282,18 +282,6 @@ def test_corrupt_tiff_is_skipped_with_one_clear_line(tiny_config, tmp_path, capl
   assert not caplog.records  # no tifffile warning besides the line
 
 
-def _tta_by_hand(predict, image):
-  """Mean of ``predict`` (probabilities [H, W, K]) over the 8 flips/rotations of
-  ``image``, each view's output rotated/flipped back before averaging."""
-  views = []
-  for flip in (False, True):
-    x = image[:, ::-1] if flip else image
-    for k in range(4):
-      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
-      views.append(p[:, ::-1] if flip else p)
-  return np.mean(views, axis=0)
-
-
 def test_tta_probabilities_written_are_the_mean_of_the_eight_views(tiny_config, tmp_path):
   """``predict_files(tta=True)``: the written ``_prob.tif`` against the mean, built here,
   of the non-TTA probabilities of the 8 flipped/rotated normalised images mapped back
@@ -304,7 +292,7 @@ def test_tta_probabilities_written_are_the_mean_of_the_eight_views(tiny_config, 
   grey = np.random.default_rng(1).integers(0, 255, (33, 41), dtype=np.uint8)
   tifffile.imwrite(tmp_path / "a.tif", grey)
   plain = functools.partial(tiling.predict_tiled, model, variables, tile_size=48)
-  want = np.moveaxis(_tta_by_hand(plain, normalize(grey)), -1, 0)
+  want = np.moveaxis(tta_by_hand(plain, normalize(grey))[0], -1, 0)
   predict.predict_files(model, variables, tmp_path / "a.tif", tmp_path / "tta", tiny_config,
                         tta=True, tile_size=48, progress=False)
   got = tifffile.imread(tmp_path / "tta" / "a.tif_prob.tif")

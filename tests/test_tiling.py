@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from random_nets import random_net
+from random_nets import random_net, tta_by_hand
 from unet_jax import UNet, model as model_lib, tiling
 from unet_jax.errors import UserInputError
 
@@ -255,18 +255,6 @@ def test_bfloat16_tiled_inference_convolves_in_bfloat16():
     assert 1e-4 < np.abs(bf16 - f32).max() < 0.05
 
 
-def _tta_by_hand(predict, image):
-  """Mean of ``predict`` (probabilities [H, W, K]) over the 8 flips/rotations of
-  ``image``, each view's output rotated/flipped back before averaging."""
-  views = []
-  for flip in (False, True):
-    x = image[:, ::-1] if flip else image
-    for k in range(4):
-      p = np.rot90(predict(np.ascontiguousarray(np.rot90(x, k))), -k)
-      views.append(p[:, ::-1] if flip else p)
-  return np.mean(views, axis=0), views
-
-
 @pytest.mark.parametrize("method", ["device", "host"])
 def test_tta_is_the_mean_probability_of_the_eight_dihedral_views(method):
   """``predict_tiled(tta=True)`` against the mean, built here, of the non-TTA
@@ -276,7 +264,7 @@ def test_tta_is_the_mean_probability_of_the_eight_dihedral_views(method):
   model, variables = _net(2, 4)
   image = _image(29, 35, seed=3)
   plain = functools.partial(tiling.predict_tiled, model, variables, tile_size=48, method=method)
-  want, views = _tta_by_hand(plain, image)
+  want, views = tta_by_hand(plain, image)
   got = tiling.predict_tiled(model, variables, image, tile_size=48, tta=True, method=method)
   np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
   assert min(np.abs(got - v).max() for v in views) > 1e-3  # no view alone is the mean

@@ -56,30 +56,6 @@ def os_error_message(exc: BaseException) -> str | None:
           "then re-run")
 
 
-def writable_dir(path: str | os.PathLike, flag: str = "--out") -> pathlib.Path:
-  """Creates the folder ``path`` and checks that a file can be written in it.
-
-  The CLIs call it before any work, so that an unwritable output is one line
-  at once rather than a traceback after the work.
-
-  Raises:
-    UserInputError: naming ``flag``, the path and the reason.
-  """
-  folder = pathlib.Path(path).expanduser()
-  if folder.exists() and not folder.is_dir():
-    raise UserInputError(f"{flag} {path} is a file, not a folder: choose a folder "
-                         "(it is created if missing)")
-  try:
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".write_test.{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
-  except OSError as e:
-    raise UserInputError(f"{flag} {path} is not writable ({e.strerror or e}): choose a "
-                         "folder you can write to") from None
-  return folder
-
-
 def load_config_file(path: str, name: str = "config") -> "ml_collections.ConfigDict":
   """``config_lib.load_file`` + ``validate`` for an argparse CLI's ``--name PATH``.
 

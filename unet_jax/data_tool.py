@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from unet_jax import augment, cli, datasets, download, input_pipeline
+from unet_jax import augment, cli, datasets, download, input_pipeline, run_control
 from unet_jax import model as model_lib
 from unet_jax.errors import UserInputError
 
@@ -113,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       config = cli.load_config_file(args.config)  # checked as train.py's --config
       if args.data_dir is not None:
         config.data_dir = args.data_dir
-      print(preview(config, cli.writable_dir(args.out)))
+      print(preview(config, run_control.writable_dir(args.out)))
     else:
       source = datasets.spec(ALIASES.get(args.dataset, args.dataset)).download
-      print(download.download(source, cli.writable_dir(args.dest, "--dest"),
+      print(download.download(source, run_control.writable_dir(args.dest, "--dest"),
                               url_base=args.url_base))
   except UserInputError as e:
     print(f"error: {e}", file=sys.stderr)

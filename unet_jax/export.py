@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from unet_jax import run_control
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -642,14 +643,7 @@ def _check_out(out: pathlib.Path, name: str, overwrite: bool) -> list[pathlib.Pa
   if existing and not overwrite:
     raise UserInputError(f"{out} already holds an exported package ({existing[0].name}); "
                          "pass --overwrite to replace it, or choose another --out")
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / f".{name}.write-test"
-    probe.write_bytes(b"")
-    probe.unlink()
-  except OSError as e:
-    raise UserInputError(f"cannot write to --out {out}: {e.strerror or e}; "
-                         "choose a writable folder") from None
+  run_control.writable_dir(out)
   return existing
 
 

@@ -341,13 +341,13 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
       existing outputs without ``overwrite`` or a bad threshold. Problems of
       single files are reported in the result instead.
   """
-  from unet_jax import cli
   from unet_jax import instances
+  from unet_jax import run_control
   from unet_jax import tiling
   from unet_jax.datasets import normalize
 
   files = check_request(inputs, out_dir, threshold, overwrite)
-  out = cli.writable_dir(out_dir)
+  out = run_control.writable_dir(out_dir)
   channels = input_channels(variables, model)
   params = instances.InstanceParams.from_config(config)
   if threshold is not None:

@@ -27,6 +27,7 @@ import pathlib
 import signal
 import socket
 import sys
+import tempfile
 import threading
 
 from unet_jax.errors import Interrupted, UserInputError  # pylint: disable=unused-import
@@ -44,6 +45,31 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:  # exists, owned by someone else
     return True
   return True
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "--out") -> pathlib.Path:
+  """Creates the folder ``path`` and checks that a file can be written in it.
+
+  Called before any work (outputs, the workdir), so that an unwritable folder is
+  one line at once rather than a traceback after the work. The probe file has a
+  unique name: the processes of a run (several hosts, same pids) may probe the
+  same folder at once.
+
+  Raises:
+    UserInputError: naming ``flag``, the path and the reason.
+  """
+  folder = pathlib.Path(path).expanduser()
+  if folder.exists() and not folder.is_dir():
+    raise UserInputError(f"{flag} {path} is a file, not a folder: choose a folder "
+                         "(it is created if missing)")
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test."):
+      pass
+  except OSError as e:
+    raise UserInputError(f"{flag} {path} is not writable ({e.strerror or e}): choose a "
+                         "folder you can write to") from None
+  return folder
 
 
 class WorkdirLock:

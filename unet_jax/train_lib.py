@@ -269,17 +269,7 @@ def save_checkpoint(manager: Any, step: int, state: TrainState, data_iter: Any, 
 
 def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
   """Creates the workdir and checks that it is writable (clear error if not)."""
-  path = pathlib.Path(workdir)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    # per process: concurrent runs (and the processes of one run) never collide
-    probe = path / f".write_test.{os.getpid()}.{jax.process_index()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise UserInputError(f"--workdir {workdir} is not writable ({e.strerror}): "
-                         "choose a directory you can write to.") from None
-  return path
+  return run_control.writable_dir(workdir, "--workdir")
 
 
 def versions() -> dict[str, str]:
