@@ -105,24 +105,24 @@ def main(argv):
       from unet_jax import predict
       predict.check_request(FLAGS.input, FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval",
                             FLAGS.threshold, FLAGS.overwrite)
-  if FLAGS.out:  # before any work: an unwritable --out or a file there is one line at once
-    run_control.writable_dir(FLAGS.out)
   if FLAGS.config is not None:  # checked as train.py does: a bad field is one line at once
     from unet_jax import config_lib
     config_lib.validate(FLAGS.config)
+  if FLAGS.onnx and (FLAGS.mode != "predict" or not FLAGS.out):
+    raise UserInputError("--onnx works with --mode predict and needs --out")
+  if not FLAGS.onnx and not FLAGS.workdir:
+    raise UserInputError("--workdir is required (the training run's directory)")
+  if not FLAGS.onnx and FLAGS.snapshots != 1 and FLAGS.checkpoint != "latest":
+    raise UserInputError("--snapshots averages the last periodic checkpoints: use it "
+                         "with --checkpoint latest")
+  if FLAGS.out:  # last of the checks before any work: it creates the folder
+    run_control.writable_dir(FLAGS.out)
 
   if FLAGS.onnx:
     from unet_jax import onnx_predict
-    if FLAGS.mode != "predict" or not FLAGS.out:
-      raise UserInputError("--onnx works with --mode predict and needs --out")
     model, variables = onnx_predict.OnnxUNet(FLAGS.onnx), None
     config = model.config
-  elif not FLAGS.workdir:
-    raise UserInputError("--workdir is required (the training run's directory)")
   elif FLAGS.snapshots != 1:
-    if FLAGS.checkpoint != "latest":
-      raise UserInputError("--snapshots averages the last periodic checkpoints: use it "
-                           "with --checkpoint latest")
     saved, model, variables = inference.load_snapshots(
         FLAGS.workdir, FLAGS.snapshots, average=FLAGS.param_average)
     config = _config(saved)
@@ -133,7 +133,8 @@ def main(argv):
   if FLAGS.instances:
     from unet_jax import config_lib
     config = config_lib.override_instances(config, FLAGS.instances)
-  out = run_control.writable_dir(FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval")
+  out = (run_control.writable_dir(FLAGS.out) if FLAGS.out else
+         run_control.writable_dir(pathlib.Path(FLAGS.workdir) / "eval", "the default --out"))
   kwargs = dict(tta=FLAGS.tta, tile_size=FLAGS.tile_size or None, progress=True)
   if FLAGS.mode == "heldout":
     split = FLAGS.split or ("heldout" if config.heldout_indices else "val")

@@ -95,13 +95,19 @@ def test_label_values_outside_expected(tmp_path):
 
 def test_load_file_works_from_any_directory(tmp_path):
   """A library user outside the repository (unet_jax importable, the repository root not
-  on sys.path) loads a variant config, whose ``from configs import default`` then resolves."""
+  on sys.path), in a project with a ``configs`` package of its own, loads a variant
+  config: its ``from configs import default`` resolves to the repository's, and
+  afterwards ``configs`` is the project's again."""
   site = tmp_path / "site"
   site.mkdir()
   (site / "unet_jax").symlink_to(REPO / "unet_jax")
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "__init__.py").write_text("OWN = True\n")
   code = ("import json, sys; from unet_jax import config_lib; "
           f"c = config_lib.load_file({str(REPO / 'configs' / 'isbi.py')!r}); "
-          f"assert sys.modules['configs'].__path__ == [{str(REPO / 'configs')!r}]; "
+          "assert 'configs' not in sys.modules; import configs; assert configs.OWN; "
+          f"c = config_lib.load_file({str(REPO / 'configs' / 'isbi.py')!r}); "
+          "assert sys.modules['configs'] is configs and 'configs.default' not in sys.modules; "
           f"assert {str(REPO)!r} not in sys.path; "
           "print(json.dumps([c.dataset, c.features, c.tile_size]))")
   env = dict(os.environ, PYTHONPATH=str(site))

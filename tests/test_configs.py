@@ -118,7 +118,9 @@ def test_instance_overrides_change_only_the_instances_block():
   assert new.features == base.features and new.instances.min_size == base.instances.min_size
   for item, needle in [("seed_radius=2.5", "takes an integer"), ("colour=red", "FIELD one of"),
                        ("method=magic", "must be one of components, watershed"),
-                       ("threshold=1.5", "must be in [0, 1)"), ("min_size", "FIELD=VALUE")]:
+                       ("threshold=1.5", "--instances threshold=1.5: must be in [0, 1)"),
+                       ("min_size=-1", "--instances min_size=-1: must be >= 0"),
+                       ("min_size", "FIELD=VALUE")]:
     with pytest.raises(UserInputError, match=re.escape(needle)):
       config_lib.override_instances(base, [item])
 
@@ -134,6 +136,7 @@ def _set(config, dotted: str, value) -> None:
     ("eval_batch_size", 0, "must be >= 1"),  # was a ZeroDivisionError at the first validation
     ("seed", -1, "must be in [0, 2**63)"),  # was a ValueError of grain after setup
     ("seed", 2**63, "must be in [0, 2**63)"),  # jax.random.PRNGKey: OverflowError
+    ("seed", 10**400, "must be in [0, 2**63)"),  # math.isfinite: OverflowError
     ("augment.elastic_grid", 0, "must be >= 2"),  # np.stack of no grid nodes
     ("augment.elastic_grid", 1, "must be >= 2"),  # a constant shift, no deformation
     ("sigma", math.inf, "must be a finite number > 0"),  # OverflowError in the weight maps

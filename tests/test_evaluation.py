@@ -319,6 +319,14 @@ def test_cli_out_that_cannot_be_a_folder_is_one_line_before_any_work(workdir, tm
                     *([f"--input={image}"] if mode != "heldout" else []))
     _clean_error(run, needle)
     assert "loaded the" not in run.stderr, run.stderr  # no checkpoint was read
+  # the other mistakes are found before --out is created
+  for args, needle in ((["--mode=heldout"], "--workdir is required"),
+                       ([f"--workdir={workdir}", "--onnx=m.onnx"], "--onnx works with"),
+                       ([f"--workdir={workdir}", "--snapshots=2"], "--checkpoint latest")):
+    out = tmp_path / "never"
+    run = _evaluate(*args, f"--out={out}")
+    _clean_error(run, needle)
+    assert not out.exists(), args
 
 
 def test_cli_read_only_out_is_one_line(workdir, tmp_path):

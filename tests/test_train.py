@@ -542,6 +542,37 @@ def test_a_read_failing_after_an_abort_is_not_taken_for_damage(tiny_run, tmp_pat
   assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3", "6", "9.corrupt"]
 
 
+def test_an_unreadable_best_checkpoint_is_replaced_not_fatal(tiny_run, tmp_path, caplog):
+  """Resuming a run whose best checkpoint is damaged: a warning, and the next validation
+  writes a new best (train.py has no --checkpoint flag to follow the prediction advice)."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run)
+  best_step = checkpoint.best_score(run)["step"]
+  (run / "best" / str(best_step) / "score" / "metadata").write_text("garbage{")
+  c = config_lib.load_saved(run)
+  c.num_steps = 12
+  with caplog.at_level("WARNING"):
+    train_lib.train_and_evaluate(c, str(run))
+  assert f"best/{best_step} cannot be read" in caplog.text and "replaces it" in caplog.text
+  assert checkpoint.best_score(run)["step"] == 12  # the only validation since the resume
+
+
+def test_asked_to_stop_at_a_validation_step_the_checkpoint_comes_first(tiny_config, tmp_path,
+                                                                       monkeypatch):
+  """A stop (SIGTERM: a grace period) at a step that also validates saves before the
+  validation, so a slow or interrupted validation does not cost the checkpoint."""
+  from unet_jax import run_control
+  c = tiny_config
+  c.num_steps, c.eval_every, c.checkpoint_every = 6, 3, 6
+  monkeypatch.setattr(run_control.StopOnSignal, "check", lambda self, step: step == 3)
+  def killed(*args, **kwargs):
+    raise RuntimeError("killed during the validation")
+  monkeypatch.setattr(train_lib, "_evaluate", killed)
+  with pytest.raises(RuntimeError, match="killed during"):
+    train_lib.train_and_evaluate(c, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+
+
 class _Terminal(io.StringIO):
   def isatty(self):
     return True

@@ -7,6 +7,7 @@ message on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -32,13 +33,26 @@ def _quiet_exit(code: int) -> NoReturn:
   """Exits with nothing more on the process's stderr after the error line: the
   reads orbax dropped after a damaged checkpoint finish on TensorStore's threads
   while the interpreter shuts down and print "Event loop is closed" tracebacks
-  (0 to 3000 lines, measured)."""
+  (0 to 3000 lines, measured). Silenced at exit (``atexit``), so that a caller
+  that catches the ``SystemExit`` keeps its stderr."""
   if sys.stderr is sys.__stderr__:  # the process's own stderr, not a capture
-    try:
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-    except (OSError, ValueError):
-      pass
+    atexit.register(_silence_stderr)
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):  # what TensorStore's threads print meanwhile
+      if not (exc_type is RuntimeError and str(exc) == "Event loop is closed"):
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
   sys.exit(code)
+
+
+def _silence_stderr() -> None:
+  try:
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  except (OSError, ValueError):
+    pass
 
 
 def os_error_message(exc: BaseException) -> str | None:

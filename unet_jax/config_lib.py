@@ -9,6 +9,7 @@ and the resolved config is what the rest of the run uses and what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -95,10 +96,18 @@ def _in_range(value, allowed: str) -> bool:
   return value >= bound(rest) if op == ">=" else value > bound(rest)
 
 
-def _check_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+def _check_numbers(config: ml_collections.ConfigDict, prefix: str = "",
+                   flag: str | None = None) -> None:
   """The fields of :data:`NUMBERS` that start with ``prefix``: type, finiteness and
-  range (NaN fails them all)."""
+  range (NaN fails them all). Errors name ``--config.FIELD=VALUE``, or
+  ``FLAG NAME=VALUE`` (NAME without the prefix) when ``flag`` is given."""
   missing = object()
+
+  def fail(field, value, what):
+    if flag is None:
+      _fail(field, value, what)
+    raise UserInputError(f"{flag} {field[len(prefix):]}={value!r}: {what}")
+
   for field, integer, allowed, note in NUMBERS:
     if not field.startswith(prefix):
       continue
@@ -110,11 +119,12 @@ def _check_numbers(config: ml_collections.ConfigDict, prefix: str = "") -> None:
     note = f" ({note})" if note else ""
     if isinstance(value, bool) or not isinstance(
         value, numbers.Integral if integer else numbers.Real):
-      _fail(field, value, f"must be {'an integer' if integer else 'a number'} {allowed}{note}")
-    if not math.isfinite(value):
-      _fail(field, value, f"must be a finite number {allowed}{note}")
+      fail(field, value, f"must be {'an integer' if integer else 'a number'} {allowed}{note}")
+    # (an integer of any size is finite; math.isfinite would overflow on a huge one)
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+      fail(field, value, f"must be a finite number {allowed}{note}")
     if not _in_range(value, allowed):
-      _fail(field, value, f"must be {allowed}{note}")
+      fail(field, value, f"must be {allowed}{note}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -189,7 +199,7 @@ def override_instances(config: ml_collections.ConfigDict, items: Sequence[str]
   if block.method not in instances.METHODS:
     raise UserInputError(f"--instances method={block.method!r}: must be one of "
                          f"{', '.join(instances.METHODS)}")
-  _check_numbers(config, "instances.")
+  _check_numbers(config, "instances.", flag="--instances")
   return config
 
 
@@ -276,31 +286,45 @@ def load_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise UserInputError(f"config file not found: {path}")
   try:
-    _import_configs_package(path.absolute().parent)
-    flag_values = flags.FlagValues()
-    # Defining the flag already executes the file, so it sits inside the try.
-    config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
-                                    sys_argv=["load_file"])
-    flag_values(["load_file"])
-    return flag_values.config
+    with _configs_package(path.absolute().parent):
+      flag_values = flags.FlagValues()
+      # Defining the flag already executes the file, so it sits inside the try.
+      config_flags.DEFINE_config_file("config", str(path), flag_values=flag_values,
+                                      sys_argv=["load_file"])
+      flag_values(["load_file"])
+      return flag_values.config
   except ImportError as e:
     raise UserInputError(f"cannot load {path} ({e}): a variant imports `configs.default`, "
                          "so keep it in the repository's configs/ folder") from None
 
 
-def _import_configs_package(folder: pathlib.Path) -> None:
-  """Imports ``folder`` as the package ``configs`` unless one is importable."""
+@contextlib.contextmanager
+def _configs_package(folder: pathlib.Path):
+  """While loading: ``folder`` (a ``configs/`` with ``__init__.py``) is the package
+  ``configs``, whatever else of that name is importable or imported; afterwards the
+  modules of that name are as they were (nothing of this load stays behind)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
   init = folder / "__init__.py"
-  if folder.name != "configs" or not init.is_file() or importlib.util.find_spec("configs"):
+  if folder.name != "configs" or not init.is_file():
+    yield
     return
-  spec = importlib.util.spec_from_file_location("configs", init,
-                                                submodule_search_locations=[str(folder)])
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["configs"] = module
-  spec.loader.exec_module(module)
+  mine = lambda name: name == "configs" or name.startswith("configs.")  # noqa: E731
+  saved = {name: module for name, module in sys.modules.items() if mine(name)}
+  for name in saved:
+    del sys.modules[name]
+  try:
+    spec = importlib.util.spec_from_file_location("configs", init,
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["configs"] = module
+    spec.loader.exec_module(module)
+    yield
+  finally:
+    for name in [n for n in sys.modules if mine(n)]:
+      del sys.modules[name]
+    sys.modules.update(saved)
 
 
 # --------------------------------------------------------------------------

@@ -487,7 +487,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
              else datasets.spec(config.dataset).primary_metric)
   monitor = (RunMonitor(workdir, config.num_steps, start, primary) if primary_process
              else NullMonitor())
-  best = checkpoint.best_score(workdir) if val_data is not None else None
+  best = _best_so_far(workdir) if val_data is not None else None
   profiler = StepProfiler(workdir, config_lib.parse_step_range(config.profile_steps),
                           jax.process_index())
   pending: list[tuple[int, dict]] = []  # (step, metrics on the device) not yet fetched
@@ -519,8 +519,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
         monitor.write_train(step, {"learning_rate": float(schedule(step - 1))})
       # Validation before the save: a crash between the two then redoes the step's
       # validation on resume (the run resumes after the newest checkpoint), so the
-      # best checkpoint is the one an uninterrupted run keeps.
-      if eval_now:
+      # best checkpoint is the one an uninterrupted run keeps. Asked to stop (a
+      # preemption's grace period), the checkpoint goes first.
+      if eval_now and not stop_now:
         best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
                          last_ckpt)
       if save_now:
@@ -528,6 +529,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
                         last_ckpt, str(workdir))
         last_ckpt = step
         monitor.plot()  # curves.png at checkpoint time, off the per-step path
+      if eval_now and stop_now:
+        best = _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
+                         last_ckpt)
       if stop_now:
         raise Interrupted(stop.signum, step)
   finally:
@@ -535,6 +539,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
     monitor.close()
     manager.close()
   return state
+
+
+def _best_so_far(workdir: pathlib.Path) -> dict | None:
+  """The score of the run's best checkpoint; None if there is none or it is unreadable
+  (a warning: the next validation writes a new best, which replaces it)."""
+  try:
+    return checkpoint.best_score(workdir)
+  except UserInputError as e:
+    log.warning("%s; the next validation's checkpoint replaces it", str(e).split("; use")[0])
+    return None
 
 
 def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, best,
