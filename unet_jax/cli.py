@@ -65,9 +65,8 @@ def os_error_message(exc: BaseException) -> str | None:
   if exc.errno in DISK_FULL:
     return (f"no space left on device writing {path}: free space, then re-run (training "
             "resumes from its last checkpoint)")
-  return (f"cannot write {path}: {exc.strerror or os.strerror(exc.errno)} "
-          f"({errno.errorcode[exc.errno]}); choose a writable path or fix its permissions, "
-          "then re-run")
+  return (f"cannot access {path}: {exc.strerror or os.strerror(exc.errno)} "
+          f"({errno.errorcode[exc.errno]}); fix the path or its permissions, then re-run")
 
 
 def load_config_file(path: str, name: str = "config") -> "ml_collections.ConfigDict":
