@@ -6,6 +6,7 @@ Flag parsing errors are checked in-process on a private ``FlagValues``.
 """
 
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -304,11 +305,20 @@ def test_download_help_names_the_citations():
 
 
 def _run_main(main, capsys) -> str:
-  """``cli.run`` around ``main`` (no flags to parse); returns its one stderr line."""
+  """``cli.run`` around ``main`` (no flags to parse); returns its one stderr line.
+
+  ``cli.run`` sets the ``unet_jax`` logger to INFO, as a CLI's process should; in this
+  pytest worker that would hide later tests' debug records, so the level is restored."""
+  import logging
   import types
   app = types.SimpleNamespace(run=lambda f, flags_parser: f(["prog"]))
+  logger = logging.getLogger("unet_jax")
+  level = logger.level
   with pytest.raises(SystemExit) as e:
-    cli.run(app, main)
+    try:
+      cli.run(app, main)
+    finally:
+      logger.setLevel(level)
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
@@ -344,9 +354,14 @@ def test_runner_turns_file_system_errors_into_one_line(tmp_path, capsys):
   assert str(blocker) in err and "File exists" in err
   import types
   app = types.SimpleNamespace(run=lambda f, flags_parser: f(["prog"]))
-  for other in (FileNotFoundError(errno.ENOENT, "No such file", "/n"), RuntimeError("bug")):
-    with pytest.raises(type(other)):
-      cli.run(app, raise_(other))
+  logger = logging.getLogger("unet_jax")
+  level = logger.level  # cli.run sets INFO (see _run_main)
+  try:
+    for other in (FileNotFoundError(errno.ENOENT, "No such file", "/n"), RuntimeError("bug")):
+      with pytest.raises(type(other)):
+        cli.run(app, raise_(other))
+  finally:
+    logger.setLevel(level)
 
 
 def _data_tool(capsys, *args) -> str:

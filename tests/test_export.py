@@ -269,7 +269,7 @@ def test_conversion_does_not_print_missing_plugin_tracebacks(exported, tmp_path,
     pytest.skip("equinox and dm_pix are installed: jax2onnx has nothing to complain about")
   _, model, variables, _ = exported
   monkeypatch.setattr(plugin_system, "_already_imported_plugins", False)  # a first conversion
-  with caplog.at_level(logging.DEBUG):
+  with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="unet_jax"):
     # A fixed tile: in one process only the first symbolic-size conversion works
     # (the fixture's); later ones fall back to a fixed tile anyway.
     export.to_onnx(model, variables, 1, tmp_path / "m.onnx", fixed_tile=60)
