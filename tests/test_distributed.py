@@ -181,11 +181,16 @@ def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
   fresh single-process evaluation of it reproduces the logged score."""
   from unet_jax import datasets, evaluation
 
+  # 3 validation images: process 0 predicts images 0 and 2, process 1 image 1.
   args = ["--config=configs/tiny.py", "--config.batch_size=2", "--config.num_steps=6",
-          "--config.eval_every=3", "--config.log_every=1", "--config.checkpoint_every=6"]
+          "--config.eval_every=3", "--config.log_every=1", "--config.checkpoint_every=6",
+          "--config.synthetic.num_images=5", "--config.train_indices=0-1",
+          "--config.val_indices=2-4"]
   work, logs = tmp_path / "run", [tmp_path / "p0.log", tmp_path / "p1.log"]
   for p, log in zip(_launch(work, args, logs), logs):
     assert p.wait(timeout=1800) == 0, log.read_text()[-2000:]
+  for log, share in zip(logs, (2, 1)):  # each validation split between the processes
+    assert log.read_text().count(f"predicting {share} of the 3 images here") == 2
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   val = [r for r in rows if r["split"] == "val"]
   assert [r["step"] for r in val] == [3, 6]  # logged once, by process 0
@@ -194,9 +199,51 @@ def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
   best = max(val, key=lambda r: r[primary])
   stored = checkpoint.best_score(work)
   assert stored["step"] == best["step"] and stored[primary] == pytest.approx(best[primary])
-  scores = evaluation.evaluate_split(model, variables, datasets.load_split(config, "val"),
-                                     config)
+  val_data = datasets.load_split(config, "val")
+  assert len(val_data.images) == 3
+  scores = evaluation.evaluate_split(model, variables, val_data, config)
   assert scores[primary] == pytest.approx(best[primary], abs=1e-5)
+
+
+_GATHER = """
+import sys
+import jax
+import numpy as np
+from unet_jax import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+shapes = [(3, 5, 2), (4, 2, 2), (1, 1, 2), (6, 3, 2), (2, 7, 2)]
+items = [np.arange(np.prod(s), dtype=np.float32).reshape(s) + 100 * i for i, s in enumerate(shapes)]
+got = distributed.gather_strided(items[jax.process_index()::2], shapes)
+assert len(got) == len(shapes)
+for g, want in zip(got, items):
+  np.testing.assert_array_equal(g, want)
+# More processes than items: process 1 holds none and still takes part.
+got = distributed.gather_strided(items[:1] if jax.process_index() == 0 else [], shapes[:1])
+np.testing.assert_array_equal(got[0], items[0])
+print("gathered", len(shapes))
+"""
+
+
+def test_gather_strided_in_one_process_checks_the_shapes():
+  items = [np.ones((2, 3)), np.zeros((1, 1))]
+  got = distributed.gather_strided(items, [(2, 3), (1, 1)])
+  assert [g.dtype for g in got] == [np.float32] * 2
+  np.testing.assert_array_equal(got[0], items[0])
+  with pytest.raises(ValueError, match="expected items 0::1"):
+    distributed.gather_strided(items, [(2, 3), (1, 2)])
+
+
+def test_gather_strided_returns_every_process_items_in_order(tmp_path):
+  """Two processes, items of different shapes split p, p + 2, ...: each process gets all of
+  them back, equal to the arrays built directly with NumPy; also with one process empty."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", _GATHER, f"localhost:{port}", str(i)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    assert "gathered 5" in out
 
 
 @pytest.mark.slow

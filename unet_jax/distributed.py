@@ -9,6 +9,7 @@ reads only its own share of every global batch (:func:`shard_dataset`) and
 state collectively (every process calls it; the primary writes the arrays,
 each process writes its data-iterator position); only process 0 writes
 ``metrics.jsonl``, TensorBoard files, ``curves.png`` and ``config.json``.
+Validation is split between the processes (:func:`gather_strided`).
 
 Launch on two hosts (host A reachable as ``hostA`` from host B)::
 
@@ -203,6 +204,40 @@ def shard_dataset(ds: grain.MapDataset, global_batch: int, index: int | None = N
     return ds
   local_batch_size(global_batch, count)
   return _ProcessShard(ds, global_batch, index, count)
+
+
+def gather_strided(local: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
+                   ) -> list[np.ndarray]:
+  """Every process's float arrays, in item order; a collective: all processes must call it.
+
+  Process ``p`` of ``P`` computed items ``p, p + P, p + 2P, ...`` (``local``,
+  in that order); ``shapes`` are the shapes of all items, known everywhere
+  (e.g. the predictions' shapes follow from the images'). The arrays are
+  zero-padded to one box, gathered with ``process_allgather`` and cut back.
+
+  Args:
+    local: this process's items ``[*shape]``, all of one rank.
+    shapes: the shape of every item, in item order.
+  Returns:
+    All items as float32 arrays, in item order.
+  """
+  count, index = jax.process_count(), jax.process_index()
+  mine = [tuple(shapes[i]) for i in range(index, len(shapes), count)]
+  if [a.shape for a in local] != mine:
+    raise ValueError(f"process {index} holds arrays of shapes {[a.shape for a in local]}, "
+                     f"expected items {index}::{count} of the given shapes {mine}")
+  if count == 1:
+    return [np.asarray(a, np.float32) for a in local]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  box = tuple(np.max(np.asarray(shapes), axis=0)) if shapes else ()
+  # Every process sends the same number of items (the padding keeps a process
+  # with fewer, or none, in step with the others).
+  buffer = np.zeros((max(1, -(-len(shapes) // count)), *box), np.float32)
+  for j, a in enumerate(local):
+    buffer[(j, *map(slice, a.shape))] = a
+  everything = multihost_utils.process_allgather(buffer)  # [P, per process, *box]
+  return [np.asarray(everything[i % count, i // count][tuple(map(slice, shape))])
+          for i, shape in enumerate(shapes)]
 
 
 def local_copy(tree: Any) -> Any:

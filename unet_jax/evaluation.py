@@ -32,9 +32,10 @@ import time
 from typing import Any, Sequence
 
 from flax import linen as nn
+import jax
 import numpy as np
 
-from unet_jax import ctc_format, datasets, instances, metrics, parallel, tiling
+from unet_jax import ctc_format, datasets, distributed, instances, metrics, parallel, tiling
 from unet_jax.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ def score_predictions(cell_probs: list[np.ndarray], data, config, *,
 def evaluate_split(model, variables: Any, data, config, *,
                    out_dir: str | pathlib.Path | None = None, tta: bool = False,
                    progress: bool = False, warping: bool = True,
-                   tile_size: int | None = None, postprocess: str = "none") -> dict:
+                   tile_size: int | None = None, postprocess: str = "none",
+                   across_processes: bool = False) -> dict:
   """Predicts and scores a held-out split.
 
   Args:
@@ -166,6 +168,11 @@ def evaluate_split(model, variables: Any, data, config, *,
     postprocess: ``"none"`` or, for ISBI-like data, ``"watershed"``
       (:func:`postprocess_cell_probs`): score the watershed cell mask instead
       of the probabilities; the overlays still show the probabilities.
+    across_processes: in a multi-process run, a collective that every process
+      calls with the same arguments: process ``p`` of ``P`` predicts images
+      ``p, p + P, ...`` with its local ``variables``, the probabilities are
+      gathered (``distributed.gather_strided``) and every process returns the
+      scores of the whole split. Otherwise each process predicts every image.
   Returns:
     Scalar scores: ISBI-like data ``vrand``, ``vinfo``, ``rand_error``,
     ``pixel_error``, ``warping_error``, ``best_threshold``; instance data
@@ -182,8 +189,17 @@ def evaluate_split(model, variables: Any, data, config, *,
                          f"{data.dataset} makes instances as config.instances says "
                          "(e.g. --config.instances.method=watershed)")
   start = time.perf_counter()
-  probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
-                         progress=progress)
+  if across_processes and jax.process_count() > 1:
+    count = jax.process_count()
+    mine = data.images[jax.process_index()::count]
+    log.info("predicting %d of the %d images here, the others in the other %d process(es)",
+             len(mine), len(data.images), count - 1)
+    probs = distributed.gather_strided(
+        predict_images(model, variables, mine, config, tile_size=tile_size, tta=tta),
+        [(*im.shape[:2], config.num_classes) for im in data.images])
+  else:
+    probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
+                           progress=progress)
   num_classes = probs[0].shape[-1] if probs else 2
   if num_classes == 2:
     cell_probs = [p[..., 1] for p in probs]

@@ -556,10 +556,11 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
   """Validation; keeps the best checkpoint by ``primary``."""
   from unet_jax import distributed
 
-  # Every process scores the (small) validation set with its local copy of the
-  # parameters; process 0's score decides, so that all join the same save.
+  # Each process predicts its share of the validation images with its local copy
+  # of the parameters, and all score the gathered probabilities; process 0's
+  # score decides, so that all join the same save.
   scores = evaluation.evaluate_split(model, {"params": distributed.local_copy(eval_params(state))},
-                                     val_data, config, progress=False)
+                                     val_data, config, progress=False, across_processes=True)
   monitor.write_eval(step, scores)
   value = float(scores[primary])
   improved = best is None or value > best.get(primary, -np.inf)
