@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.async_checkpoints = "auto"  # auto (GPU/TPU: write in the background; CPU: wait) | on | off
-  c.eval_every = 1000           # held-out evaluation (0 = off)
+  c.eval_every = 1000           # validation (val_indices) every N steps (0 = off)
   c.eval_tile_size = 0          # 0 = tile_size
   c.eval_batch_size = 4
   c.profile_steps = ""          # e.g. "20-24": jax.profiler trace of those steps -> WORKDIR/profile

@@ -1,6 +1,6 @@
 """ISBI 2012 on a CPU with SAME padding and 256 tiles: the first of the isbi_cpu_same*.py recipes.
 
-    python train.py --config configs/isbi_cpu_same.py --workdir W   # ~18 min on a 2-core CPU (4.7 steps/s)
+    python train.py --config configs/isbi_cpu_same.py --workdir W   # 28-36 min on a 2-core CPU (committed runs)
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
 
 configs/isbi_cpu.py (16 features, 5000 steps, train 0-24, last checkpoint)

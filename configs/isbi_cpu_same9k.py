@@ -1,6 +1,6 @@
 """ISBI 2012 on a CPU: configs/isbi_cpu_same.py trained 9000 steps instead of 5000.
 
-    python train.py --config configs/isbi_cpu_same9k.py --workdir W   # ~32 min on a 2-core CPU (4.7 steps/s)
+    python train.py --config configs/isbi_cpu_same9k.py --workdir W   # 50-60 min on a 2-core CPU (committed runs)
     python evaluate.py --workdir W --mode heldout --checkpoint latest --tta   # slices 25-29
 
 Chosen on the validation split carved from the training slices (train 0-19,
