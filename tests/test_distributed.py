@@ -211,15 +211,23 @@ import jax
 import numpy as np
 from unet_jax import distributed
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-shapes = [(3, 5, 2), (4, 2, 2), (1, 1, 2), (6, 3, 2), (2, 7, 2)]
+assert jax.local_device_count() == 2  # process_allgather over several local devices
+shapes = [(3, 5, 3), (40, 2, 3), (1, 1, 3), (6, 3, 3), (2, 7, 3)]
 items = [np.arange(np.prod(s), dtype=np.float32).reshape(s) + 100 * i for i, s in enumerate(shapes)]
 got = distributed.gather_strided(items[jax.process_index()::2], shapes)
 assert len(got) == len(shapes)
 for g, want in zip(got, items):
+  assert g.dtype == np.float32
   np.testing.assert_array_equal(g, want)
 # More processes than items: process 1 holds none and still takes part.
 got = distributed.gather_strided(items[:1] if jax.process_index() == 0 else [], shapes[:1])
 np.testing.assert_array_equal(got[0], items[0])
+# Wrong shapes in process 1 only: both processes raise, neither waits in the gather.
+mine = items[jax.process_index()::2]
+try:
+  distributed.gather_strided(mine if jax.process_index() == 0 else mine[:1], shapes)
+except ValueError as e:
+  print("refused:", e)
 print("gathered", len(shapes))
 """
 
@@ -233,17 +241,28 @@ def test_gather_strided_in_one_process_checks_the_shapes():
     distributed.gather_strided(items, [(2, 3), (1, 2)])
 
 
+@pytest.mark.serial
 def test_gather_strided_returns_every_process_items_in_order(tmp_path):
-  """Two processes, items of different shapes split p, p + 2, ...: each process gets all of
-  them back, equal to the arrays built directly with NumPy; also with one process empty."""
+  """Two processes of 2 CPU devices each, items of different shapes split p, p + 2, ...: each
+  process gets all of them back, equal to the arrays built directly with NumPy; also with
+  one process empty; wrong shapes in one process make both raise instead of waiting."""
   port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen([sys.executable, "-c", _GATHER, f"localhost:{port}", str(i)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
            for i in range(2)]
-  for p in procs:
-    out, err = p.communicate(timeout=600)
+  try:
+    outs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
     assert "gathered 5" in out
+  assert "another process holds arrays of the wrong shapes" in outs[0][0]
+  assert "process 1 holds arrays of shapes" in outs[1][0]
 
 
 @pytest.mark.slow

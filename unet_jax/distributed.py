@@ -212,39 +212,51 @@ def gather_strided(local: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]
 
   Process ``p`` of ``P`` computed items ``p, p + P, p + 2P, ...`` (``local``,
   in that order); ``shapes`` are the shapes of all items, known everywhere
-  (e.g. the predictions' shapes follow from the images'). The arrays are
-  zero-padded to one box, gathered with ``process_allgather`` and cut back.
+  (e.g. the predictions' shapes follow from the images'). Each process sends
+  its items flattened into one float32 vector, zero-padded to the longest
+  process's total (so one large item does not pad every other item to its
+  size); the vectors are gathered with ``process_allgather`` and split by the
+  known shapes.
 
   Args:
-    local: this process's items ``[*shape]``, all of one rank.
+    local: this process's items ``[*shape]``.
     shapes: the shape of every item, in item order.
   Returns:
     All items as float32 arrays, in item order.
+  Raises:
+    ValueError: in every process, if any process's items do not have the
+      shapes of its share (checked together, so that none waits in the gather).
   """
   count, index = jax.process_count(), jax.process_index()
-  mine = [tuple(shapes[i]) for i in range(index, len(shapes), count)]
-  if [a.shape for a in local] != mine:
+  shapes = [tuple(int(n) for n in shape) for shape in shapes]
+  share = [shapes[i::count] for i in range(count)]  # the shapes of each process's items
+  ok = [a.shape for a in local] == share[index]
+  if not all_agree(ok):
     raise ValueError(f"process {index} holds arrays of shapes {[a.shape for a in local]}, "
-                     f"expected items {index}::{count} of the given shapes {mine}")
+                     f"expected items {index}::{count} of the given shapes {share[index]}"
+                     if not ok else "another process holds arrays of the wrong shapes")
   if count == 1:
     return [np.asarray(a, np.float32) for a in local]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  box = tuple(np.max(np.asarray(shapes), axis=0)) if shapes else ()
-  # Every process sends the same number of items (the padding keeps a process
-  # with fewer, or none, in step with the others).
-  buffer = np.zeros((max(1, -(-len(shapes) // count)), *box), np.float32)
-  for j, a in enumerate(local):
-    buffer[(j, *map(slice, a.shape))] = a
-  everything = multihost_utils.process_allgather(buffer)  # [P, per process, *box]
-  return [np.asarray(everything[i % count, i // count][tuple(map(slice, shape))])
-          for i, shape in enumerate(shapes)]
+  sizes = [[int(np.prod(shape)) for shape in mine] for mine in share]
+  vector = np.zeros(max(1, max(map(sum, sizes))), np.float32)
+  if local:
+    vector[:sum(sizes[index])] = np.concatenate([np.ravel(a) for a in local])
+  everything = np.asarray(multihost_utils.process_allgather(vector))  # [P, longest]
+  items = [None] * len(shapes)
+  for p in range(count):
+    offsets = np.cumsum([0, *sizes[p]])
+    for j, shape in enumerate(share[p]):
+      items[p + j * count] = everything[p, offsets[j]:offsets[j + 1]].reshape(shape)
+  return items
 
 
 def local_copy(tree: Any) -> Any:
   """A pytree of replicated global arrays as arrays on this process's first device.
 
-  Per-process work (held-out evaluation) then runs without cross-process
-  collectives. Single-process arrays are returned unchanged.
+  Per-process work (each process's share of the validation predictions) then
+  runs without cross-process collectives. Single-process arrays are returned
+  unchanged.
   """
   if jax.process_count() == 1:
     return tree
