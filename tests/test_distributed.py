@@ -190,7 +190,7 @@ def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
   for p, log in zip(_launch(work, args, logs), logs):
     assert p.wait(timeout=1800) == 0, log.read_text()[-2000:]
   for log, share in zip(logs, (2, 1)):  # each validation split between the processes
-    assert log.read_text().count(f"predicting {share} of the 3 images here") == 2
+    assert log.read_text().count(f"predicting and scoring {share} of the 3 images here") == 2
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   val = [r for r in rows if r["split"] == "val"]
   assert [r["step"] for r in val] == [3, 6]  # logged once, by process 0
@@ -205,64 +205,115 @@ def test_two_processes_validate_and_keep_the_best_checkpoint(tmp_path):
   assert scores[primary] == pytest.approx(best[primary], abs=1e-5)
 
 
-_GATHER = """
+_MAP = """
 import sys
+import types
+sys.path.insert(0, "tests")
 import jax
 import numpy as np
-from unet_jax import distributed
+from configs import tiny
+from random_nets import random_variables
+from unet_jax import UNet, config_lib, distributed, evaluation
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 assert jax.local_device_count() == 2  # process_allgather over several local devices
-shapes = [(3, 5, 3), (40, 2, 3), (1, 1, 3), (6, 3, 3), (2, 7, 3)]
-items = [np.arange(np.prod(s), dtype=np.float32).reshape(s) + 100 * i for i, s in enumerate(shapes)]
-got = distributed.gather_strided(items[jax.process_index()::2], shapes)
-assert len(got) == len(shapes)
-for g, want in zip(got, items):
-  assert g.dtype == np.float32
-  np.testing.assert_array_equal(g, want)
-# More processes than items: process 1 holds none and still takes part.
-got = distributed.gather_strided(items[:1] if jax.process_index() == 0 else [], shapes[:1])
-np.testing.assert_array_equal(got[0], items[0])
-# Wrong shapes in process 1 only: both processes raise, neither waits in the gather.
-mine = items[jax.process_index()::2]
-try:
-  distributed.gather_strided(mine if jax.process_index() == 0 else mine[:1], shapes)
-except ValueError as e:
-  print("refused:", e)
-print("gathered", len(shapes))
+me = jax.process_index()
+calls = []
+def parts(indices):
+  calls.append(list(indices))
+  return [{"i": i, "values": np.arange(300 * i, dtype=np.float32) - i} for i in indices]
+got = distributed.map_strided(parts, 5)
+assert calls == [[0, 2, 4] if me == 0 else [1, 3]], calls
+assert [g["i"] for g in got] == list(range(5))
+for i, g in enumerate(got):
+  np.testing.assert_array_equal(g["values"], np.arange(300 * i, dtype=np.float32) - i)
+# More processes than items: process 1 gets none and still takes part.
+assert [g["i"] for g in distributed.map_strided(parts, 1)] == [0]
+print("mapped in order")
+# fn fails in process 1 only: both raise, neither waits in the gather.
+class Unpicklable(Exception):
+  def __init__(self, a, b):
+    super().__init__(f"{a} and {b}")
+for error in (ValueError("image 3 is broken"), Unpicklable("not", "picklable")):
+  def failing(indices):
+    if me == 1:
+      raise error
+    return list(indices)
+  try:
+    distributed.map_strided(failing, 4)
+  except Exception as e:
+    print(f"raised {type(e).__name__}: {e}")
+
+# The validation split scored across the processes = one process scoring all of it.
+def blobs(rng, classes, size=40):
+  yy, xx = np.mgrid[:size, :size]
+  inst = np.zeros((size, size), np.int32)
+  for k, (cy, cx) in enumerate(rng.integers(6, size - 6, (5, 2)), start=1):
+    inst[(yy - cy)**2 + (xx - cx)**2 < 16] = k
+  image = (inst > 0) + 0.3 * rng.normal(size=(size, size))
+  label = np.where(inst > 0, 1 + inst % (classes - 1), 0).astype(np.int32)
+  label[:2] = -1  # an ignored band
+  return image[..., None].astype(np.float32), label, inst
+config = config_lib.resolve(tiny.get_config(), 1)
+for dataset, classes, postprocess in (("synthetic", 2, "none"), ("synthetic", 2, "watershed"),
+                                      ("dic_hela", 2, "none"), ("folder", 3, "none")):
+  rng = np.random.default_rng(0)
+  images, labels, refs = zip(*[blobs(rng, classes) for _ in range(5)])
+  data = types.SimpleNamespace(images=list(images), labels=list(labels), instances=list(refs),
+                               names=[f"img:{i}" for i in range(5)], dataset=dataset)
+  model = UNet(num_classes=classes, features=4, depth=2, dropout_rate=0.0)
+  variables = random_variables(model, 1)
+  config.num_classes = classes
+  split, whole = (evaluation.evaluate_split(model, variables, data, config, postprocess=postprocess,
+                                            across_processes=across)
+                  for across in (True, False))
+  split.pop("seconds"), whole.pop("seconds")
+  assert split.keys() == whole.keys() and len(split) > 6, (split, whole)
+  for key in split:
+    same = (split[key] == whole[key] if isinstance(whole[key], str) else
+            np.isclose(split[key], whole[key], rtol=0, atol=1e-12, equal_nan=True))
+    assert same, (key, split, whole)
+  assert whole["vrand"] > 0 and ("seg" not in whole or whole["seg"] > 0), whole
+  print(f"equal {dataset} {postprocess}", sorted(whole))
 """
 
 
-def test_gather_strided_in_one_process_checks_the_shapes():
-  items = [np.ones((2, 3)), np.zeros((1, 1))]
-  got = distributed.gather_strided(items, [(2, 3), (1, 1)])
-  assert [g.dtype for g in got] == [np.float32] * 2
-  np.testing.assert_array_equal(got[0], items[0])
-  with pytest.raises(ValueError, match="expected items 0::1"):
-    distributed.gather_strided(items, [(2, 3), (1, 2)])
+def test_map_strided_in_one_process_calls_fn_once():
+  calls = []
+  got = distributed.map_strided(lambda idx: calls.append(list(idx)) or [i * i for i in idx], 4)
+  assert got == [0, 1, 4, 9] and calls == [[0, 1, 2, 3]]
 
 
+@pytest.mark.slow
 @pytest.mark.serial
-def test_gather_strided_returns_every_process_items_in_order(tmp_path):
-  """Two processes of 2 CPU devices each, items of different shapes split p, p + 2, ...: each
-  process gets all of them back, equal to the arrays built directly with NumPy; also with
-  one process empty; wrong shapes in one process make both raise instead of waiting."""
+def test_map_strided_and_the_split_validation_scores_in_two_processes(tmp_path):
+  """Two processes of 2 CPU devices each. ``map_strided``: each process maps its items
+  p, p + 2, ... and gets every result back in order, also with one process empty; an error
+  in one process makes both raise instead of waiting. ``evaluate_split(across_processes=
+  True)`` (each process predicts and scores its share of the images, the per-image parts
+  are gathered) equals the same call scoring every image in one process, for ISBI-like data
+  (with and without the watershed), cell instances and K = 3 classes."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  procs = [subprocess.Popen([sys.executable, "-c", _GATHER, f"localhost:{port}", str(i)],
+  procs = [subprocess.Popen([sys.executable, "-c", _MAP, f"localhost:{port}", str(i)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
            for i in range(2)]
   try:
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
   finally:
     for p in procs:
       p.kill()
   for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-2000:]
-    assert "gathered 5" in out
-  assert "another process holds arrays of the wrong shapes" in outs[0][0]
-  assert "process 1 holds arrays of shapes" in outs[1][0]
+    assert p.returncode == 0, err[-3000:]
+    assert "mapped in order" in out
+    assert "raised ValueError: image 3 is broken" in out
+    for case in ("synthetic none", "synthetic watershed", "dic_hela none", "folder none"):
+      assert f"equal {case}" in out, out
+  # the process where it failed raises its own exception, the other what can be sent of it
+  assert "raised RuntimeError: Unpicklable: not and picklable" in outs[0][0]
+  assert "raised Unpicklable: not and picklable" in outs[1][0]
+  assert "'seg'" in outs[0][0] and "'mean_iou'" in outs[0][0]
 
 
 @pytest.mark.slow

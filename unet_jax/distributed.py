@@ -9,7 +9,7 @@ reads only its own share of every global batch (:func:`shard_dataset`) and
 state collectively (every process calls it; the primary writes the arrays,
 each process writes its data-iterator position); only process 0 writes
 ``metrics.jsonl``, TensorBoard files, ``curves.png`` and ``config.json``.
-Validation is split between the processes (:func:`gather_strided`).
+Validation is split between the processes (:func:`map_strided`).
 
 Launch on two hosts (host A reachable as ``hostA`` from host B)::
 
@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+import pickle
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
@@ -206,48 +207,53 @@ def shard_dataset(ds: grain.MapDataset, global_batch: int, index: int | None = N
   return _ProcessShard(ds, global_batch, index, count)
 
 
-def gather_strided(local: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
-                   ) -> list[np.ndarray]:
-  """Every process's float arrays, in item order; a collective: all processes must call it.
+def map_strided(fn: Callable[[Sequence[int]], Sequence[Any]], total: int) -> list[Any]:
+  """Items ``0 .. total - 1`` split between the processes; a collective: all must call it.
 
-  Process ``p`` of ``P`` computed items ``p, p + P, p + 2P, ...`` (``local``,
-  in that order); ``shapes`` are the shapes of all items, known everywhere
-  (e.g. the predictions' shapes follow from the images'). Each process sends
-  its items flattened into one float32 vector, zero-padded to the longest
-  process's total (so one large item does not pad every other item to its
-  size); the vectors are gathered with ``process_allgather`` and split by the
-  known shapes.
+  Process ``p`` of ``P`` calls ``fn`` once with its indices ``p, p + P, ...``;
+  ``fn`` returns one picklable result per index (e.g. the few hundred numbers
+  an image adds to a validation score). The results are pickled, gathered
+  with ``process_allgather`` (as bytes padded to the longest process's) and
+  returned to every process in item order.
 
-  Args:
-    local: this process's items ``[*shape]``.
-    shapes: the shape of every item, in item order.
-  Returns:
-    All items as float32 arrays, in item order.
-  Raises:
-    ValueError: in every process, if any process's items do not have the
-      shapes of its share (checked together, so that none waits in the gather).
+  If ``fn`` raises in any process, every process raises after the gather,
+  instead of the others waiting in it: the process where it happened
+  re-raises its own exception, the others a copy of the first one (or a
+  ``RuntimeError`` naming it where it does not pickle).
   """
   count, index = jax.process_count(), jax.process_index()
-  shapes = [tuple(int(n) for n in shape) for shape in shapes]
-  share = [shapes[i::count] for i in range(count)]  # the shapes of each process's items
-  ok = [a.shape for a in local] == share[index]
-  if not all_agree(ok):
-    raise ValueError(f"process {index} holds arrays of shapes {[a.shape for a in local]}, "
-                     f"expected items {index}::{count} of the given shapes {share[index]}"
-                     if not ok else "another process holds arrays of the wrong shapes")
+  mine = list(range(index, total, count))
   if count == 1:
-    return [np.asarray(a, np.float32) for a in local]
+    return list(fn(mine))
+  error = None
+  try:
+    results = list(fn(mine))
+    if len(results) != len(mine):
+      raise ValueError(f"map_strided: fn returned {len(results)} results for {len(mine)} items")
+    payload = pickle.dumps(("ok", results))
+  except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
+    error = e
+    try:
+      payload = pickle.dumps(("error", e))
+      pickle.loads(payload)
+    except Exception:  # pylint: disable=broad-except
+      payload = pickle.dumps(("error", RuntimeError(f"{type(e).__name__}: {e}")))
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  sizes = [[int(np.prod(shape)) for shape in mine] for mine in share]
-  vector = np.zeros(max(1, max(map(sum, sizes))), np.float32)
-  if local:
-    vector[:sum(sizes[index])] = np.concatenate([np.ravel(a) for a in local])
-  everything = np.asarray(multihost_utils.process_allgather(vector))  # [P, longest]
-  items = [None] * len(shapes)
-  for p in range(count):
-    offsets = np.cumsum([0, *sizes[p]])
-    for j, shape in enumerate(share[p]):
-      items[p + j * count] = everything[p, offsets[j]:offsets[j + 1]].reshape(shape)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(len(payload)))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(payload)] = np.frombuffer(payload, np.uint8)
+  everything = np.asarray(multihost_utils.process_allgather(padded))  # [P, longest]
+  gathered = [pickle.loads(everything[p, :lengths[p]].tobytes()) for p in range(count)]
+  failed = [(p, value) for p, (status, value) in enumerate(gathered) if status == "error"]
+  if error is not None:
+    raise error
+  if failed:
+    p, e = failed[0]
+    log.error("process %d failed: %s: %s", p, type(e).__name__, e)
+    raise e
+  items = [None] * total
+  for p, (_, results) in enumerate(gathered):
+    items[p::count] = results
   return items
 
 

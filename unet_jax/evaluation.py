@@ -81,24 +81,61 @@ def predict_images(model, variables: Any, images: Sequence[np.ndarray], config, 
 # --------------------------------------------------------------------------
 
 
-def _instance_scores(cell_probs: list[np.ndarray], data, params: instances.InstanceParams
-                     ) -> tuple[dict, list[np.ndarray]]:
-  """SEG, V_rand / V_info and merge/split counts of the instances (CTC-style data)."""
-  preds = [instances.from_probability(p, params) for p in cell_probs]
-  ignore = [(lab != 0) & (lab != 1) for lab in data.labels]
-  f1 = [metrics.pixel_f1(p > 0, lab == 1, ~ign)
-        for p, lab, ign in zip(preds, data.labels, ignore)]
-  counts = [instances.merge_split_counts(p, g) for p, g in zip(preds, data.instances)]
+def score_image(scored: np.ndarray, label: np.ndarray, reference: np.ndarray | None,
+                protocol: str, params: instances.InstanceParams | None = None, *,
+                warping: bool = True, index: int = 0) -> tuple[dict, np.ndarray | None]:
+  """What one image adds to the scores of its split (``combine_image_scores``).
+
+  Args:
+    scored: ``[H, W]`` the map scored: p(cell), or its post-processed mask.
+    label: int ``[H, W]``: 1 = cell, 0 = membrane/background, other = ignore.
+    reference: int ``[H, W]`` reference instances (instance data; unused for
+      "isbi").
+    protocol: ``"isbi"`` or ``"instance"`` (``datasets.spec(name).protocol``).
+    params: how instance data become instances (``InstanceParams.from_config``).
+    warping, index: for ``metrics.isbi_slice_curves``.
+  Returns:
+    ``(part, instances)``. ``part`` holds a few hundred numbers: ISBI-like data
+    ``{"curves": metrics.isbi_slice_curves(...)}`` (``None`` for a slice
+    without cells); instance data ``{"jaccards": [n_ref], "vrand", "vinfo",
+    "f1", "counts"}``. ``instances``: the predicted instances ``[H, W]`` of
+    instance data, ``None`` for ISBI-like data (their mask needs the threshold
+    chosen over the whole split).
+  """
+  if protocol == "isbi":
+    return {"curves": metrics.isbi_slice_curves(scored, label, warping=warping, index=index)}, None
+  pred = instances.from_probability(scored, params)
+  ignore = (label != 0) & (label != 1)
   return {
-      "seg": metrics.seg_score(preds, data.instances),
-      "vrand": float(np.mean([metrics.rand_f_score(p, g, i)
-                              for p, g, i in zip(preds, data.instances, ignore)])),
-      "vinfo": float(np.mean([metrics.info_f_score(p, g, i)
-                              for p, g, i in zip(preds, data.instances, ignore)])),
-      "pixel_error": float(1.0 - np.mean(f1)),
+      "jaccards": metrics.seg_jaccards(pred, reference),
+      "vrand": metrics.rand_f_score(pred, reference, ignore),
+      "vinfo": metrics.info_f_score(pred, reference, ignore),
+      "f1": metrics.pixel_f1(pred > 0, label == 1, ~ignore),
+      "counts": instances.merge_split_counts(pred, reference),
+  }, pred
+
+
+def combine_image_scores(parts: Sequence[dict], protocol: str) -> tuple[dict, dict]:
+  """The split's scores from its images' ``score_image`` parts.
+
+  Returns:
+    ``(scores, curves)``: ISBI-like data ``metrics.isbi_from_slice_curves``
+    (curves: per threshold, averaged over the slices); instance data SEG
+    pooled over all reference cells, V_rand / V_info / pixel error averaged
+    over the images, cell counts summed (curves empty).
+  """
+  if protocol == "isbi":
+    result = metrics.isbi_from_slice_curves([part["curves"] for part in parts])
+    return result, result.pop("curves")
+  counts = [part["counts"] for part in parts]
+  return {
+      "seg": metrics.seg_from_jaccards([part["jaccards"] for part in parts]),
+      "vrand": float(np.mean([part["vrand"] for part in parts])),
+      "vinfo": float(np.mean([part["vinfo"] for part in parts])),
+      "pixel_error": float(1.0 - np.mean([part["f1"] for part in parts])),
       "cells": int(sum(c["cells"] for c in counts)),
       **{f"cells_{k}": int(sum(c[k] for c in counts)) for k in ("merged", "split", "missed")},
-  }, preds
+  }, {}
 
 
 POSTPROCESS = ("none", "watershed")
@@ -126,20 +163,22 @@ def check_postprocess(method: str) -> None:
 
 def score_predictions(cell_probs: list[np.ndarray], data, config, *,
                       warping: bool = True) -> tuple[dict, dict, list[np.ndarray]]:
-  """Scores cell probabilities against ``data``.
+  """Scores cell probabilities against ``data`` (``score_image`` per image, combined).
 
   Returns:
     ``(scores, curves, masks)``: scalar scores, per-threshold curves (ISBI
     protocol; empty for instance data), and per image the predicted mask
     shown in the overlays (cell mask at the best threshold, or instances).
   """
-  if datasets.spec(data.dataset).protocol == "isbi":
-    result = metrics.isbi_scores(cell_probs, data.labels, warping=warping)
-    curves = result.pop("curves")
-    masks = [p > result["best_threshold"] for p in cell_probs]
-    return result, curves, masks
-  scores, preds = _instance_scores(cell_probs, data, instances.InstanceParams.from_config(config))
-  return scores, {}, preds
+  protocol = datasets.spec(data.dataset).protocol
+  params = instances.InstanceParams.from_config(config) if protocol == "instance" else None
+  references = data.instances if protocol == "instance" else [None] * len(cell_probs)
+  scored = [score_image(p, lab, ref, protocol, params, warping=warping, index=i)
+            for i, (p, lab, ref) in enumerate(zip(cell_probs, data.labels, references))]
+  scores, curves = combine_image_scores([part for part, _ in scored], protocol)
+  if protocol == "isbi":
+    return scores, curves, [p > scores["best_threshold"] for p in cell_probs]
+  return scores, curves, [pred for _, pred in scored]
 
 
 def evaluate_split(model, variables: Any, data, config, *,
@@ -169,10 +208,12 @@ def evaluate_split(model, variables: Any, data, config, *,
       (:func:`postprocess_cell_probs`): score the watershed cell mask instead
       of the probabilities; the overlays still show the probabilities.
     across_processes: in a multi-process run, a collective that every process
-      calls with the same arguments: process ``p`` of ``P`` predicts images
-      ``p, p + P, ...`` with its local ``variables``, the probabilities are
-      gathered (``distributed.gather_strided``) and every process returns the
-      scores of the whole split. Otherwise each process predicts every image.
+      calls with the same arguments: process ``p`` of ``P`` predicts and scores
+      images ``p, p + P, ...`` with its local ``variables`` (``score_image``),
+      the per-image parts are gathered (``distributed.map_strided``) and every
+      process returns the scores of the whole split. No ``out_dir`` then (the
+      report needs every probability map in one place). Otherwise each process
+      predicts and scores every image.
   Returns:
     Scalar scores: ISBI-like data ``vrand``, ``vinfo``, ``rand_error``,
     ``pixel_error``, ``warping_error``, ``best_threshold``; instance data
@@ -190,31 +231,23 @@ def evaluate_split(model, variables: Any, data, config, *,
                          "(e.g. --config.instances.method=watershed)")
   start = time.perf_counter()
   if across_processes and jax.process_count() > 1:
-    count = jax.process_count()
-    mine = data.images[jax.process_index()::count]
-    log.info("predicting %d of the %d images here, the others in the other %d process(es)",
-             len(mine), len(data.images), count - 1)
-    probs = distributed.gather_strided(
-        predict_images(model, variables, mine, config, tile_size=tile_size, tta=tta),
-        [(*im.shape[:2], config.num_classes) for im in data.images])
+    if out_dir is not None:
+      raise ValueError("evaluate_split(across_processes=True) writes no report: pass out_dir "
+                       "to a call in one process")
+    scores, curves = _evaluate_strided(model, variables, data, config, tta=tta, warping=warping,
+                                       tile_size=tile_size, postprocess=postprocess)
   else:
     probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
                            progress=progress)
-  num_classes = probs[0].shape[-1] if probs else 2
-  if num_classes == 2:
-    cell_probs = [p[..., 1] for p in probs]
-    scored = data
-  else:
-    # K > 2 classes (own data, mask_kind "classes"): the instance scores see
-    # every non-background class as "cell"; the classes get their IoU below.
-    cell_probs = [1.0 - p[..., 0] for p in probs]
-    scored = _foreground_view(data, num_classes)
-  scores, curves, masks = score_predictions(postprocess_cell_probs(cell_probs, postprocess),
-                                            scored, config, warping=warping)
+    num_classes = probs[0].shape[-1] if probs else 2
+    cell_probs = [cell_probability(p) for p in probs]
+    scored = data if num_classes == 2 else _foreground_view(data, num_classes)
+    scores, curves, masks = score_predictions(postprocess_cell_probs(cell_probs, postprocess),
+                                              scored, config, warping=warping)
+    if num_classes > 2:
+      scores.update(class_iou(probs, data.labels, num_classes))
   if postprocess != "none":
     scores["postprocess"] = postprocess
-  if num_classes > 2:
-    scores.update(class_iou(probs, data.labels, num_classes))
   scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
   scores = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in scores.items()}
   if out_dir is not None:
@@ -222,13 +255,60 @@ def evaluate_split(model, variables: Any, data, config, *,
   return scores
 
 
+def _evaluate_strided(model, variables: Any, data, config, *, tta: bool, warping: bool,
+                      tile_size: int | None, postprocess: str) -> tuple[dict, dict]:
+  """``evaluate_split``'s scores, each process predicting and scoring its share of the images."""
+  protocol = datasets.spec(data.dataset).protocol
+  params = instances.InstanceParams.from_config(config) if protocol == "instance" else None
+  count = jax.process_count()
+
+  def predict_and_score(indices: Sequence[int]) -> list[dict]:
+    log.info("predicting and scoring %d of the %d images here, the others in the other %d "
+             "process(es)", len(indices), len(data.images), count - 1)
+    probs = predict_images(model, variables, [data.images[i] for i in indices], config,
+                           tile_size=tile_size, tta=tta)
+    parts = []
+    for i, prob in zip(indices, probs):
+      k = prob.shape[-1]
+      label = data.labels[i] if k == 2 else _foreground_label(data.labels[i], k)
+      reference = data.instances[i] if protocol == "instance" else None
+      part, _ = score_image(postprocess_cell_probs([cell_probability(prob)], postprocess)[0],
+                            label, reference, protocol, params, warping=warping, index=i)
+      if k > 2:
+        part["classes"] = class_counts(prob, data.labels[i], k)
+      parts.append(part)
+    return parts
+
+  parts = distributed.map_strided(predict_and_score, len(data.images))
+  scores, curves = combine_image_scores(parts, protocol)
+  if parts and "classes" in parts[0]:
+    scores.update(_iou_scores(sum(p["classes"][0] for p in parts),
+                              sum(p["classes"][1] for p in parts)))
+  return scores, curves
+
+
+def cell_probability(prob: np.ndarray) -> np.ndarray:
+  """``[H, W]`` p(cell) of class probabilities ``[H, W, K]``.
+
+  Class 1 for K = 2. For K > 2 classes (own data, mask_kind "classes") 1 -
+  p(background): the instance scores see every non-background class as
+  "cell"; the classes get their IoU (``class_iou``).
+  """
+  return prob[..., 1] if prob.shape[-1] == 2 else 1.0 - prob[..., 0]
+
+
+def _foreground_label(label: np.ndarray, num_classes: int) -> np.ndarray:
+  """int32 ``[H, W]``: 1 = any class in 1..K-1, 0 = background, -1 = ignore."""
+  return np.where((label >= 1) & (label < num_classes), 1,
+                  np.where(label == 0, 0, -1)).astype(np.int32)
+
+
 def _foreground_view(data, num_classes: int):
-  """``data`` with labels 1 = any class in 1..K-1, 0 = background, -1 = ignore."""
+  """``data`` with its labels as ``_foreground_label``."""
   import types
-  labels = [np.where((lab >= 1) & (lab < num_classes), 1, np.where(lab == 0, 0, -1))
-            .astype(np.int32) for lab in data.labels]
-  return types.SimpleNamespace(images=data.images, labels=labels, instances=data.instances,
-                               names=data.names, dataset=data.dataset)
+  return types.SimpleNamespace(images=data.images,
+                               labels=[_foreground_label(lab, num_classes) for lab in data.labels],
+                               instances=data.instances, names=data.names, dataset=data.dataset)
 
 
 def class_iou(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int
@@ -240,17 +320,29 @@ def class_iou(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_cla
   Returns:
     ``{"iou_class_k": ..., "mean_iou": ...}`` over all images' pixels pooled.
   """
-  inter = np.zeros(num_classes)
-  union = np.zeros(num_classes)
+  inter, union = np.zeros(num_classes), np.zeros(num_classes)
   for p, lab in zip(probs, labels):
-    valid = (lab >= 0) & (lab < num_classes)
-    pred = np.argmax(p, -1)[valid]
-    gt = lab[valid]
-    for k in range(num_classes):
-      inter[k] += np.sum((pred == k) & (gt == k))
-      union[k] += np.sum((pred == k) | (gt == k))
+    i, u = class_counts(p, lab, num_classes)
+    inter, union = inter + i, union + u
+  return _iou_scores(inter, union)
+
+
+def class_counts(prob: np.ndarray, label: np.ndarray, num_classes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Per class ``[K]``: pixels of one image in the intersection and in the union of
+  the most probable class and the label (labels outside [0, K) ignored)."""
+  valid = (label >= 0) & (label < num_classes)
+  pred = np.argmax(prob, -1)[valid]
+  gt = label[valid]
+  inter = np.array([np.sum((pred == k) & (gt == k)) for k in range(num_classes)], np.float64)
+  union = np.array([np.sum((pred == k) | (gt == k)) for k in range(num_classes)], np.float64)
+  return inter, union
+
+
+def _iou_scores(inter: np.ndarray, union: np.ndarray) -> dict[str, float]:
+  """``class_iou``'s dict from the pooled per-class counts ``[K]``."""
   iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-  out = {f"iou_class_{k}": float(iou[k]) for k in range(num_classes)}
+  out = {f"iou_class_{k}": float(iou[k]) for k in range(len(iou))}
   out["mean_iou"] = float(np.nanmean(iou[1:])) if np.any(union[1:] > 0) else float("nan")
   return out
 

@@ -474,6 +474,52 @@ def _slice_scores(prob: np.ndarray, gt: np.ndarray, thresholds: np.ndarray,
   return curves
 
 
+def isbi_slice_curves(prob: np.ndarray, gt: np.ndarray,
+                      thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *, warping: bool = True,
+                      index: int = 0) -> dict[str, np.ndarray] | None:
+  """The per-threshold scores of one slice that ``isbi_scores`` averages.
+
+  Args:
+    prob: ``[H, W]`` cell-interior probability; gt: ``[H, W]`` as in
+      ``isbi_scores``; index: the slice's number, for the messages.
+  Returns:
+    ``{"vrand", "vinfo", "rand_f_raw", "pixel_f1", "warping_error"}``, each
+    ``[T]``; ``None`` (with a warning) for a slice without GT cell pixels.
+  """
+  gt = np.asarray(gt)
+  gt = gt.astype(np.int32) if gt.dtype == bool else gt
+  if np.shape(prob) != gt.shape:
+    raise ValueError(f"slice {index}: prediction {np.shape(prob)} vs ground truth {gt.shape}")
+  if not np.any(gt == 1):
+    warnings.warn(f"slice {index} has no ground-truth cell pixels (value 1); skipped. "
+                  f"(Raw ISBI labels use 255 for cells: pass labels == 255.)")
+    return None
+  return _slice_scores(np.asarray(prob), gt, np.asarray(thresholds, np.float64), warping)
+
+
+def isbi_from_slice_curves(per_slice: Sequence[dict[str, np.ndarray] | None],
+                           thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
+  """``isbi_scores`` from the slices' ``isbi_slice_curves`` (``None`` entries skipped)."""
+  thresholds = np.asarray(thresholds, np.float64)
+  per_slice = [c for c in per_slice if c is not None]
+  if not per_slice:
+    raise ValueError("no slice with ground-truth cell pixels to score")
+  curves = {k: np.mean([c[k] for c in per_slice], axis=0) for k in per_slice[0]}
+  best = int(np.argmax(curves["vrand"]))
+  warp = curves["warping_error"]
+  return {
+      "vrand": float(curves["vrand"].max()),
+      "vinfo": float(curves["vinfo"].max()),
+      "rand_error": float(1.0 - curves["rand_f_raw"].max()),
+      "pixel_error": float(1.0 - curves["pixel_f1"].max()),
+      "warping_error": float(np.nanmin(warp)) if np.isfinite(warp).any() else float("nan"),
+      "best_threshold": float(thresholds[best]),
+      "num_slices": len(per_slice),
+      "curves": {"threshold": thresholds.tolist(),
+                 **{k: v.tolist() for k, v in curves.items()}},
+  }
+
+
 def isbi_scores(cell_prob: np.ndarray | Sequence[np.ndarray],
                 gt_cell_mask: np.ndarray | Sequence[np.ndarray],
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
@@ -484,6 +530,8 @@ def isbi_scores(cell_prob: np.ndarray | Sequence[np.ndarray],
   4-connected components after ``thin_boundaries``; ground-truth segments =
   4-connected components of the GT cell mask. Scores are averaged over the
   slices at each threshold, then the best threshold is taken per score.
+  (``isbi_slice_curves`` + ``isbi_from_slice_curves``: the same in two steps,
+  for slices scored in different places.)
 
   Args:
     cell_prob: ``[S, H, W]`` (or a list of ``[H, W]``) probabilities that a
@@ -502,34 +550,9 @@ def isbi_scores(cell_prob: np.ndarray | Sequence[np.ndarray],
     ``num_slices`` (scored), and ``curves``: ``{"threshold": [T], "vrand":
     [T], "vinfo", "rand_f_raw", "pixel_f1", "warping_error"}`` lists of floats.
   """
-  thresholds = np.asarray(thresholds, np.float64)
-  per_slice = []
-  for index, (prob, gt) in enumerate(zip(cell_prob, gt_cell_mask)):
-    gt = np.asarray(gt)
-    gt = gt.astype(np.int32) if gt.dtype == bool else gt
-    if prob.shape != gt.shape:
-      raise ValueError(f"slice {index}: prediction {prob.shape} vs ground truth {gt.shape}")
-    if not np.any(gt == 1):
-      warnings.warn(f"slice {index} has no ground-truth cell pixels (value 1); skipped. "
-                    f"(Raw ISBI labels use 255 for cells: pass labels == 255.)")
-      continue
-    per_slice.append(_slice_scores(np.asarray(prob), gt, thresholds, warping))
-  if not per_slice:
-    raise ValueError("no slice with ground-truth cell pixels to score")
-  curves = {k: np.mean([c[k] for c in per_slice], axis=0) for k in per_slice[0]}
-  best = int(np.argmax(curves["vrand"]))
-  warp = curves["warping_error"]
-  return {
-      "vrand": float(curves["vrand"].max()),
-      "vinfo": float(curves["vinfo"].max()),
-      "rand_error": float(1.0 - curves["rand_f_raw"].max()),
-      "pixel_error": float(1.0 - curves["pixel_f1"].max()),
-      "warping_error": float(np.nanmin(warp)) if np.isfinite(warp).any() else float("nan"),
-      "best_threshold": float(thresholds[best]),
-      "num_slices": len(per_slice),
-      "curves": {"threshold": thresholds.tolist(),
-                 **{k: v.tolist() for k, v in curves.items()}},
-  }
+  return isbi_from_slice_curves(
+      [isbi_slice_curves(prob, gt, thresholds, warping=warping, index=index)
+       for index, (prob, gt) in enumerate(zip(cell_prob, gt_cell_mask))], thresholds)
 
 
 # --------------------------------------------------------------------------
@@ -580,8 +603,12 @@ def seg_score(pred_instances: np.ndarray | Sequence[np.ndarray],
   """
   if np.ndim(gt_instances) == 2:
     pred_instances, gt_instances = [pred_instances], [gt_instances]
-  scores = [seg_jaccards(p, g) for p, g in zip(pred_instances, gt_instances)]
-  jaccard = np.concatenate(scores) if scores else np.zeros(0)
+  return seg_from_jaccards([seg_jaccards(p, g) for p, g in zip(pred_instances, gt_instances)])
+
+
+def seg_from_jaccards(per_frame: Sequence[np.ndarray]) -> float:
+  """SEG from each frame's ``seg_jaccards``: their mean over all reference objects."""
+  jaccard = np.concatenate(per_frame) if len(per_frame) else np.zeros(0)
   if jaccard.size == 0:
     warnings.warn("no reference objects: SEG is undefined (NaN)")
     return float("nan")

@@ -556,9 +556,9 @@ def _evaluate(model, state, val_data, config, workdir, step, monitor, primary, b
   """Validation; keeps the best checkpoint by ``primary``."""
   from unet_jax import distributed
 
-  # Each process predicts its share of the validation images with its local copy
-  # of the parameters, and all score the gathered probabilities; process 0's
-  # score decides, so that all join the same save.
+  # Each process predicts and scores its share of the validation images with its
+  # local copy of the parameters; the per-image parts are gathered, so all hold the
+  # split's scores; process 0's score decides, so that all join the same save.
   scores = evaluation.evaluate_split(model, {"params": distributed.local_copy(eval_params(state))},
                                      val_data, config, progress=False, across_processes=True)
   monitor.write_eval(step, scores)
