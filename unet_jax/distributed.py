@@ -211,27 +211,25 @@ def map_strided(fn: Callable[[Sequence[int]], Sequence[Any]], total: int) -> lis
   """Items ``0 .. total - 1`` split between the processes; a collective: all must call it.
 
   Process ``p`` of ``P`` calls ``fn`` once with its indices ``p, p + P, ...``;
-  ``fn`` returns one picklable result per index (e.g. the few hundred numbers
-  an image adds to a validation score). The results are pickled, gathered
+  ``fn`` returns one picklable result per index (e.g. the tens to hundreds of
+  numbers an image adds to a validation score). The results are pickled, gathered
   with ``process_allgather`` (as bytes padded to the longest process's) and
   returned to every process in item order.
 
-  If ``fn`` raises in any process, every process raises after the gather,
-  instead of the others waiting in it: the process where it happened
-  re-raises its own exception, the others a copy of the first one (or a
-  ``RuntimeError`` naming it where it does not pickle).
+  If ``fn`` raises in any process (a second Ctrl-C included), every process
+  raises after the gather, instead of the others waiting in it: the process
+  where it happened re-raises its own exception, the others a copy of the
+  first one (or a ``RuntimeError`` naming it where it does not pickle). So do
+  the processes if they were given different ``total``.
   """
   count, index = jax.process_count(), jax.process_index()
   mine = list(range(index, total, count))
   if count == 1:
-    return list(fn(mine))
+    return _checked(fn(mine), mine)
   error = None
   try:
-    results = list(fn(mine))
-    if len(results) != len(mine):
-      raise ValueError(f"map_strided: fn returned {len(results)} results for {len(mine)} items")
-    payload = pickle.dumps(("ok", results))
-  except Exception as e:  # pylint: disable=broad-except  # re-raised below, in every process
+    payload = pickle.dumps(("ok", (total, _checked(fn(mine), mine))))
+  except BaseException as e:  # pylint: disable=broad-except  # re-raised below, in every process
     error = e
     try:
       payload = pickle.dumps(("error", e))
@@ -251,10 +249,21 @@ def map_strided(fn: Callable[[Sequence[int]], Sequence[Any]], total: int) -> lis
     p, e = failed[0]
     log.error("process %d failed: %s: %s", p, type(e).__name__, e)
     raise e
+  totals = [value[0] for _, value in gathered]
+  if len(set(totals)) > 1:
+    raise ValueError(f"map_strided: the processes were given different totals {totals}")
   items = [None] * total
-  for p, (_, results) in enumerate(gathered):
+  for p, (_, (_, results)) in enumerate(gathered):
     items[p::count] = results
   return items
+
+
+def _checked(results: Sequence[Any], indices: Sequence[int]) -> list[Any]:
+  """``results`` as a list, if there is one per index."""
+  results = list(results)
+  if len(results) != len(indices):
+    raise ValueError(f"map_strided: fn returned {len(results)} results for {len(indices)} items")
+  return results
 
 
 def local_copy(tree: Any) -> Any:

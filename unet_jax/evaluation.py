@@ -95,7 +95,7 @@ def score_image(scored: np.ndarray, label: np.ndarray, reference: np.ndarray | N
     params: how instance data become instances (``InstanceParams.from_config``).
     warping, index: for ``metrics.isbi_slice_curves``.
   Returns:
-    ``(part, instances)``. ``part`` holds a few hundred numbers: ISBI-like data
+    ``(part, instances)``. ``part`` holds tens to hundreds of numbers: ISBI-like data
     ``{"curves": metrics.isbi_slice_curves(...)}`` (``None`` for a slice
     without cells); instance data ``{"jaccards": [n_ref], "vrand", "vinfo",
     "f1", "counts"}``. ``instances``: the predicted instances ``[H, W]`` of
@@ -231,7 +231,7 @@ def evaluate_split(model, variables: Any, data, config, *,
                          "(e.g. --config.instances.method=watershed)")
   start = time.perf_counter()
   if across_processes and jax.process_count() > 1:
-    if out_dir is not None:
+    if not distributed.all_agree(out_dir is None):  # all raise, none waits in the gather
       raise ValueError("evaluate_split(across_processes=True) writes no report: pass out_dir "
                        "to a call in one process")
     scores, curves = _evaluate_strided(model, variables, data, config, tta=tta, warping=warping,
