@@ -336,6 +336,65 @@ def test_map_strided_and_the_split_validation_scores_in_two_processes(tmp_path):
   assert "'seg'" in outs[0][0] and "'mean_iou'" in outs[0][0]
 
 
+_UNREADABLE_IN_ONE = """
+import pathlib
+import sys
+import time
+from typing import NamedTuple
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from unet_jax import checkpoint, distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+class State(NamedTuple):
+  params: jax.Array
+def state(value):
+  return State(jax.make_array_from_callback(
+      (3,), replicated, lambda index: np.full(3, value, np.float32)[index]))
+manager = checkpoint.train_manager(sys.argv[3])
+for step in (1, 2):
+  checkpoint.save(manager, step, state(float(step)))
+manager.wait_until_finished()
+if jax.process_index() == 1:  # this host cannot read the newest state (e.g. a damaged copy)
+  real = ocp.StandardCheckpointHandler.restore
+  def restore(self, directory, *args, **kwargs):
+    if pathlib.Path(directory).parent.name == "2":
+      raise OSError("unreadable on this host")
+    return real(self, directory, *args, **kwargs)
+  ocp.StandardCheckpointHandler.restore = restore
+start = time.perf_counter()
+restored = checkpoint.restore_latest(manager, state(0.0))
+value = float(np.asarray(restored.state.params.addressable_data(0))[0])
+print(f"restored step {restored.step} value {value} in {time.perf_counter() - start:.0f} s")
+manager.close()
+"""
+
+
+@pytest.mark.serial
+def test_a_state_unreadable_in_one_process_makes_both_fall_back_at_once(tmp_path):
+  """The newest train state can be read by process 0 but not by process 1: both resume
+  from the previous checkpoint, without waiting for orbax's restore barrier (300 s) that
+  the failing process would never reach; the unreadable one is set aside."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", _UNREADABLE_IN_ONE, f"localhost:{port}",
+                             str(i), str(tmp_path / "run")], cwd=REPO,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=200) for p in procs]  # well under the barrier's 300 s
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert "restored step 1 value 1.0" in out, out
+  assert "unreadable on this host" in outs[1][1]
+  assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1", "2.corrupt"]
+
+
 @pytest.mark.slow
 @pytest.mark.serial
 def test_sigterm_to_one_process_stops_both_at_one_step_and_one_process_resumes(tmp_path):

@@ -525,10 +525,14 @@ def test_a_read_failing_after_an_abort_is_not_taken_for_damage(tiny_run, tmp_pat
   c = config_lib.load_saved(run)
   abstract = jax.eval_shape(lambda: train_lib.create_train_state(
       c, model_lib.from_config(c), jax.random.PRNGKey(0)))
-  real = checkpoint._try_restore  # pylint: disable=protected-access
-  monkeypatch.setattr(checkpoint, "_try_restore", lambda manager, step, **items: (
-      (None, "Exception: Encountered error while reading") if step == 9
-      else real(manager, step, **items)))
+  real = checkpoint._read_state  # pylint: disable=protected-access
+
+  def read_state(manager, step, abstract_state):
+    if step == 9:
+      raise OSError("Encountered error while reading")
+    return real(manager, step, abstract_state)
+
+  monkeypatch.setattr(checkpoint, "_read_state", read_state)
   stop = run_control.StopOnSignal()
   stop._handle(signal.SIGINT, None)  # pylint: disable=protected-access
   with pytest.raises(KeyboardInterrupt):

@@ -126,9 +126,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
 
   In a multi-process run every process calls this, and the processes agree on
   each decision (``distributed.all_agree``): all resume from the same step,
-  and all reposition their data if one of them has to. (A state that only
-  some processes can read makes the others wait at orbax's barrier until it
-  times out before they agree to try the previous checkpoint.)
+  and all reposition their data if one of them has to; a state that only some
+  processes can read makes all of them try the previous checkpoint at once
+  (``_read_state``).
 
   Args:
     manager: from :func:`train_manager`.
@@ -149,8 +149,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   steps = distributed.broadcast_ints(sorted(manager.all_steps(), reverse=True))
   errors = []
   for step in steps:
-    restored, error = _try_restore(manager, step,
-                                   state=ocp.args.StandardRestore(abstract_state))
+    state, error = _try_read(lambda: _read_state(manager, step, abstract_state))
     if error is not None and aborted():
       raise KeyboardInterrupt
     if not distributed.all_agree(error is None):
@@ -162,12 +161,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       _set_aside(manager, [s for s, _ in errors])
       log.warning("resumed from the older checkpoint %d", step)
     if data_iter is None:
-      return Restored(restored.state, step, False)
+      return Restored(state, step, False)
     data_restored = distributed.all_agree(_restore_position(manager, step, data_iter))
     if not data_restored:
       log.warning("the data-iterator position of checkpoint %d was not restored (in this "
                   "or another process); the data continue at step %d instead", step, step)
-    return Restored(restored.state, step, data_restored)
+    return Restored(state, step, data_restored)
   if errors:
     raise UserInputError(
         f"none of the checkpoints {steps} in {manager.directory} could be restored "
@@ -176,9 +175,26 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   return None
 
 
-def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
-                 ) -> tuple[Any, str | None]:
-  """``(restored items, None)``, or ``(None, "Type: first line")`` if ``step`` is unreadable."""
+def _read_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+  """The train state of checkpoint ``step``, through orbax's handler directly.
+
+  As ``_restore_position``: ``manager.restore`` ends in a barrier of all
+  processes, which a process whose read failed never reaches; the others would
+  wait there until it times out (300 s) before all agree to try the previous
+  checkpoint. The handler alone has no barrier.
+  """
+  directory = pathlib.Path(manager.directory) / str(step) / "state"
+  if not directory.is_dir():  # e.g. a stale listing on this host
+    raise FileNotFoundError(f"{directory} not found")
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.restore(directory, args=ocp.args.StandardRestore(abstract_state))
+  finally:
+    handler.close()
+
+
+def _try_read(read: Callable[[], Any]) -> tuple[Any, str | None]:
+  """``(read(), None)``, or ``(None, "Type: first line")`` if the checkpoint is unreadable."""
   previous = sys.unraisablehook
 
   def quiet(unraisable) -> None:
@@ -192,7 +208,7 @@ def _try_restore(manager: ocp.CheckpointManager, step: int, **items: Any
   sys.unraisablehook = quiet
   try:
     try:
-      return manager.restore(step, args=ocp.args.Composite(**items)), None
+      return read(), None
     except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
       error = _first_line(e)
     gc.collect()  # the dropped reads (held by the exception until here), while quiet
@@ -274,7 +290,8 @@ def _restore_newest(mgr: ocp.CheckpointManager, name: str, restore_args: Any
 def _read(mgr: ocp.CheckpointManager, step: int, name: str, restore_args: Any) -> Any:
   """Item ``name`` of checkpoint ``step`` for prediction; an unreadable one is a
   one-line :class:`UserInputError` (training falls back past such checkpoints instead)."""
-  restored, error = _try_restore(mgr, step, **{name: restore_args})
+  restored, error = _try_read(
+      lambda: mgr.restore(step, args=ocp.args.Composite(**{name: restore_args})))
   if error is not None:
     path = pathlib.Path(mgr.directory) / str(step)
     other = ("use --checkpoint latest" if path.parent.name == "best" else
