@@ -12,7 +12,7 @@ results/ablations.md. A moving average of the parameters (``ema_decay=0.999``)
 did not score higher than the last step's parameters at this budget (V_rand
 0.883 against 0.886, mean of three seeds; results/README.md), so it is off.
 Kept as the fast check of the paper's architecture; with 428x428 tiles and 14000
-steps the same net scores V_rand 0.982 (configs/isbi_cpu_valid428.py, 4 seeds).
+steps the same net scores V_rand 0.982 (configs/isbi_cpu_valid428.py, 5 seeds).
 """
 
 from configs import default

@@ -20,7 +20,7 @@ record of that check; configs/isbi_cpu.py stays the CPU recipe.
 Later (2026-12-04): with --config.tile_size=428 --config.eval_tile_size=428 (244x244
 output, about the SAME recipe's labelled pixels per step) and --config.num_steps=14000,
 the VALID net matched the SAME recipe on validation and scored held-out V_rand / V_info
-0.9817 / 0.9842 with TTA over 4 seeds (results/isbi_cpu_428_14k_val/,
+0.9822 / 0.9839 with TTA over 5 seeds (results/isbi_cpu_428_14k_val/,
 results/isbi_cpu_428_14k/): that is configs/isbi_cpu_valid428.py now.
 """
 
