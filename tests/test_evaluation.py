@@ -114,12 +114,19 @@ def test_heldout_instances_of_own_data_are_written_as_label_tiffs(tiny_config, t
 
 
 def test_scores_of_a_perfect_prediction(tiny_config):
+  from unet_jax import instances
   data = _data("dic_hela")
-  probs = [lab.astype(np.float32) for lab in data.labels]
-  scores, _, _ = evaluation.score_predictions(probs, data, tiny_config)
+  probs = [np.stack([1.0 - lab, lab], -1).astype(np.float32) for lab in data.labels]
+  params = instances.InstanceParams.from_config(tiny_config)
+
+  def split_scores(protocol):
+    parts = [evaluation.score_probabilities(p, lab, ref, protocol, params, index=i)[0]
+             for i, (p, lab, ref) in enumerate(zip(probs, data.labels, data.instances))]
+    return evaluation.combine_image_scores(parts, protocol)
+
+  scores, _ = split_scores("instance")
   assert scores["seg"] == 1.0 and scores["vrand"] == 1.0 and scores["pixel_error"] == 0.0
-  data.dataset = "synthetic"
-  scores, curves, _ = evaluation.score_predictions(probs, data, tiny_config)
+  scores, curves = split_scores("isbi")
   assert scores["vrand"] == 1.0 and scores["warping_error"] == 0.0
   assert curves["threshold"][0] == 0.0
 

@@ -116,26 +116,59 @@ def score_image(scored: np.ndarray, label: np.ndarray, reference: np.ndarray | N
 
 
 def combine_image_scores(parts: Sequence[dict], protocol: str) -> tuple[dict, dict]:
-  """The split's scores from its images' ``score_image`` parts.
+  """The split's scores from its images' ``score_image`` / ``score_probabilities`` parts.
 
   Returns:
     ``(scores, curves)``: ISBI-like data ``metrics.isbi_from_slice_curves``
     (curves: per threshold, averaged over the slices); instance data SEG
     pooled over all reference cells, V_rand / V_info / pixel error averaged
-    over the images, cell counts summed (curves empty).
+    over the images, cell counts summed (curves empty). Parts of K > 2 classes
+    add ``class_iou`` of their pooled ``"classes"`` counts.
   """
   if protocol == "isbi":
     result = metrics.isbi_from_slice_curves([part["curves"] for part in parts])
-    return result, result.pop("curves")
-  counts = [part["counts"] for part in parts]
-  return {
-      "seg": metrics.seg_from_jaccards([part["jaccards"] for part in parts]),
-      "vrand": float(np.mean([part["vrand"] for part in parts])),
-      "vinfo": float(np.mean([part["vinfo"] for part in parts])),
-      "pixel_error": float(1.0 - np.mean([part["f1"] for part in parts])),
-      "cells": int(sum(c["cells"] for c in counts)),
-      **{f"cells_{k}": int(sum(c[k] for c in counts)) for k in ("merged", "split", "missed")},
-  }, {}
+    scores, curves = result, result.pop("curves")
+  else:
+    counts = [part["counts"] for part in parts]
+    scores, curves = {
+        "seg": metrics.seg_from_jaccards([part["jaccards"] for part in parts]),
+        "vrand": float(np.mean([part["vrand"] for part in parts])),
+        "vinfo": float(np.mean([part["vinfo"] for part in parts])),
+        "pixel_error": float(1.0 - np.mean([part["f1"] for part in parts])),
+        "cells": int(sum(c["cells"] for c in counts)),
+        **{f"cells_{k}": int(sum(c[k] for c in counts)) for k in ("merged", "split", "missed")},
+    }, {}
+  if parts and "classes" in parts[0]:
+    scores.update(class_iou([part["classes"] for part in parts]))
+  return scores, curves
+
+
+def score_probabilities(prob: np.ndarray, label: np.ndarray, reference: np.ndarray | None,
+                        protocol: str, params: instances.InstanceParams | None = None, *,
+                        postprocess: str = "none", warping: bool = True, index: int = 0
+                        ) -> tuple[dict, np.ndarray]:
+  """``score_image`` of one image's class probabilities ``[H, W, K]``.
+
+  The map scored is ``cell_probability(prob)``, post-processed as ``postprocess``
+  says (``postprocess_cell_probs``). With K > 2 classes it is scored against the
+  foreground label (every class 1..K-1 is "cell") and the part also holds the
+  image's ``class_counts`` as ``"classes"``. ``label``, ``reference``, ``protocol``,
+  ``params``, ``warping``, ``index``: as in ``score_image`` (``label`` with its K
+  classes).
+
+  Returns:
+    ``(part, shown)``: the part for ``combine_image_scores``, and the map the
+    report's overlays outline: the predicted instances of instance data, the
+    scored map of ISBI-like data (their mask is ``shown > best_threshold``,
+    known once the split is combined).
+  """
+  k = prob.shape[-1]
+  scored = postprocess_cell_probs([cell_probability(prob)], postprocess)[0]
+  part, pred = score_image(scored, label if k == 2 else _foreground_label(label, k), reference,
+                           protocol, params, warping=warping, index=index)
+  if k > 2:
+    part["classes"] = class_counts(prob, label, k)
+  return part, scored if pred is None else pred
 
 
 POSTPROCESS = ("none", "watershed")
@@ -159,26 +192,6 @@ def check_postprocess(method: str) -> None:
   """Refuses a post-processing name not in ``POSTPROCESS`` (before any prediction)."""
   if method not in POSTPROCESS:
     raise UserInputError(f"post-processing {method!r}: choose one of {', '.join(POSTPROCESS)}")
-
-
-def score_predictions(cell_probs: list[np.ndarray], data, config, *,
-                      warping: bool = True) -> tuple[dict, dict, list[np.ndarray]]:
-  """Scores cell probabilities against ``data`` (``score_image`` per image, combined).
-
-  Returns:
-    ``(scores, curves, masks)``: scalar scores, per-threshold curves (ISBI
-    protocol; empty for instance data), and per image the predicted mask
-    shown in the overlays (cell mask at the best threshold, or instances).
-  """
-  protocol = datasets.spec(data.dataset).protocol
-  params = instances.InstanceParams.from_config(config) if protocol == "instance" else None
-  references = data.instances if protocol == "instance" else [None] * len(cell_probs)
-  scored = [score_image(p, lab, ref, protocol, params, warping=warping, index=i)
-            for i, (p, lab, ref) in enumerate(zip(cell_probs, data.labels, references))]
-  scores, curves = combine_image_scores([part for part, _ in scored], protocol)
-  if protocol == "isbi":
-    return scores, curves, [p > scores["best_threshold"] for p in cell_probs]
-  return scores, curves, [pred for _, pred in scored]
 
 
 def evaluate_split(model, variables: Any, data, config, *,
@@ -209,7 +222,8 @@ def evaluate_split(model, variables: Any, data, config, *,
       of the probabilities; the overlays still show the probabilities.
     across_processes: in a multi-process run, a collective that every process
       calls with the same arguments: process ``p`` of ``P`` predicts and scores
-      images ``p, p + P, ...`` with its local ``variables`` (``score_image``),
+      images ``p, p + P, ...`` with its local ``variables``
+      (``score_probabilities``, as one process does for every image),
       the per-image parts are gathered (``distributed.map_strided``) and every
       process returns the scores of the whole split. No ``out_dir`` then (the
       report needs every probability map in one place). Otherwise each process
@@ -230,61 +244,46 @@ def evaluate_split(model, variables: Any, data, config, *,
                          f"{data.dataset} makes instances as config.instances says "
                          "(e.g. --config.instances.method=watershed)")
   start = time.perf_counter()
+  protocol = datasets.spec(data.dataset).protocol
+  params = instances.InstanceParams.from_config(config) if protocol == "instance" else None
+
+  def predict_and_score(indices: Sequence[int], bar: bool = False
+                        ) -> tuple[list[np.ndarray], list[tuple[dict, np.ndarray]]]:
+    """The images' probabilities ``[H, W, K]`` and their ``score_probabilities``."""
+    probs = predict_images(model, variables, [data.images[i] for i in indices], config,
+                           tile_size=tile_size, tta=tta, progress=bar)
+    return probs, [score_probabilities(
+        prob, data.labels[i], data.instances[i] if protocol == "instance" else None, protocol,
+        params, postprocess=postprocess, warping=warping, index=i)
+        for i, prob in zip(indices, probs)]
+
   if across_processes and jax.process_count() > 1:
     if not distributed.all_agree(out_dir is None):  # all raise, none waits in the gather
       raise ValueError("evaluate_split(across_processes=True) writes no report: pass out_dir "
                        "to a call in one process")
-    scores, curves = _evaluate_strided(model, variables, data, config, tta=tta, warping=warping,
-                                       tile_size=tile_size, postprocess=postprocess)
+
+    def parts_here(indices: Sequence[int]) -> list[dict]:
+      log.info("predicting and scoring %d of the %d images here, the others in the other %d "
+               "process(es)", len(indices), len(data.images), jax.process_count() - 1)
+      return [part for part, _ in predict_and_score(indices)[1]]
+
+    parts = distributed.map_strided(parts_here, len(data.images))
   else:
-    probs = predict_images(model, variables, data.images, config, tile_size=tile_size, tta=tta,
-                           progress=progress)
-    num_classes = probs[0].shape[-1] if probs else 2
-    cell_probs = [cell_probability(p) for p in probs]
-    scored = data if num_classes == 2 else _foreground_view(data, num_classes)
-    scores, curves, masks = score_predictions(postprocess_cell_probs(cell_probs, postprocess),
-                                              scored, config, warping=warping)
-    if num_classes > 2:
-      scores.update(class_iou(probs, data.labels, num_classes))
+    probs, scored = predict_and_score(range(len(data.images)), bar=progress)
+    parts = [part for part, _ in scored]
+  scores, curves = combine_image_scores(parts, protocol)
   if postprocess != "none":
     scores["postprocess"] = postprocess
   scores.update(num_images=len(data.images), seconds=time.perf_counter() - start)
   scores = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in scores.items()}
   if out_dir is not None:
-    write_report(out_dir, scores, curves, scored, cell_probs, masks, tta=tta)
+    shown = [m for _, m in scored]
+    masks = [m > scores["best_threshold"] for m in shown] if protocol == "isbi" else shown
+    num_classes = probs[0].shape[-1] if probs else 2
+    write_report(out_dir, scores, curves,
+                 data if num_classes == 2 else _foreground_view(data, num_classes),
+                 [cell_probability(p) for p in probs], masks, tta=tta)
   return scores
-
-
-def _evaluate_strided(model, variables: Any, data, config, *, tta: bool, warping: bool,
-                      tile_size: int | None, postprocess: str) -> tuple[dict, dict]:
-  """``evaluate_split``'s scores, each process predicting and scoring its share of the images."""
-  protocol = datasets.spec(data.dataset).protocol
-  params = instances.InstanceParams.from_config(config) if protocol == "instance" else None
-  count = jax.process_count()
-
-  def predict_and_score(indices: Sequence[int]) -> list[dict]:
-    log.info("predicting and scoring %d of the %d images here, the others in the other %d "
-             "process(es)", len(indices), len(data.images), count - 1)
-    probs = predict_images(model, variables, [data.images[i] for i in indices], config,
-                           tile_size=tile_size, tta=tta)
-    parts = []
-    for i, prob in zip(indices, probs):
-      k = prob.shape[-1]
-      label = data.labels[i] if k == 2 else _foreground_label(data.labels[i], k)
-      reference = data.instances[i] if protocol == "instance" else None
-      part, _ = score_image(postprocess_cell_probs([cell_probability(prob)], postprocess)[0],
-                            label, reference, protocol, params, warping=warping, index=i)
-      if k > 2:
-        part["classes"] = class_counts(prob, data.labels[i], k)
-      parts.append(part)
-    return parts
-
-  parts = distributed.map_strided(predict_and_score, len(data.images))
-  scores, curves = combine_image_scores(parts, protocol)
-  if parts and "classes" in parts[0]:
-    scores.update(_iou_scores(sum(p["classes"][0] for p in parts),
-                              sum(p["classes"][1] for p in parts)))
-  return scores, curves
 
 
 def cell_probability(prob: np.ndarray) -> np.ndarray:
@@ -311,20 +310,22 @@ def _foreground_view(data, num_classes: int):
                                instances=data.instances, names=data.names, dataset=data.dataset)
 
 
-def class_iou(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int
-              ) -> dict[str, float]:
-  """IoU of the most probable class against the labels, per class and the mean over 1..K-1.
+def class_iou(counts: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+  """IoU per class and the mean over classes 1..K-1, pooled over images.
 
   Args:
-    probs: ``[H, W, K]`` per image; labels: int ``[H, W]`` (outside [0, K) = ignored).
+    counts: per image the ``(intersection, union)`` pixel counts ``[K]`` of
+      ``class_counts``.
   Returns:
-    ``{"iou_class_k": ..., "mean_iou": ...}`` over all images' pixels pooled.
+    ``{"iou_class_k": ..., "mean_iou": ...}`` (NaN for a class absent from
+    both prediction and labels).
   """
-  inter, union = np.zeros(num_classes), np.zeros(num_classes)
-  for p, lab in zip(probs, labels):
-    i, u = class_counts(p, lab, num_classes)
-    inter, union = inter + i, union + u
-  return _iou_scores(inter, union)
+  inter = np.sum([c[0] for c in counts], axis=0)
+  union = np.sum([c[1] for c in counts], axis=0)
+  iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+  out = {f"iou_class_{k}": float(iou[k]) for k in range(len(iou))}
+  out["mean_iou"] = float(np.nanmean(iou[1:])) if np.any(union[1:] > 0) else float("nan")
+  return out
 
 
 def class_counts(prob: np.ndarray, label: np.ndarray, num_classes: int
@@ -337,14 +338,6 @@ def class_counts(prob: np.ndarray, label: np.ndarray, num_classes: int
   inter = np.array([np.sum((pred == k) & (gt == k)) for k in range(num_classes)], np.float64)
   union = np.array([np.sum((pred == k) | (gt == k)) for k in range(num_classes)], np.float64)
   return inter, union
-
-
-def _iou_scores(inter: np.ndarray, union: np.ndarray) -> dict[str, float]:
-  """``class_iou``'s dict from the pooled per-class counts ``[K]``."""
-  iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-  out = {f"iou_class_{k}": float(iou[k]) for k in range(len(iou))}
-  out["mean_iou"] = float(np.nanmean(iou[1:])) if np.any(union[1:] > 0) else float("nan")
-  return out
 
 
 # --------------------------------------------------------------------------
