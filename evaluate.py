@@ -55,6 +55,8 @@ flags.DEFINE_string("onnx", None, "predict: run this exported model (python -m "
 flags.DEFINE_float("threshold", None, "predict: p(cell) above which a pixel is cell (mask, "
                    "labels); default: the run's config.instances.threshold (0.5 unless set).")
 flags.DEFINE_bool("overwrite", False, "predict: replace existing result files in --out.")
+flags.DEFINE_bool("skip_existing", False, "predict: keep the inputs that already have their "
+                  "result files in --out (e.g. after Ctrl-C) and segment the others.")
 flags.DEFINE_multi_string("instances", [], "Cell data: change how instances are made from "
                           "p(cell), on top of the run's config, e.g. --instances "
                           "method=watershed --instances seed_threshold=0.8 (the fields of "
@@ -104,12 +106,14 @@ def main(argv):
     if FLAGS.out or FLAGS.workdir:
       from unet_jax import predict
       predict.check_request(FLAGS.input, FLAGS.out or pathlib.Path(FLAGS.workdir) / "eval",
-                            FLAGS.threshold, FLAGS.overwrite)
+                            FLAGS.threshold, FLAGS.overwrite, FLAGS.skip_existing)
   if FLAGS.config is not None:  # checked as train.py does: a bad field is one line at once
     from unet_jax import config_lib
     config_lib.validate(FLAGS.config)
   if FLAGS.onnx and (FLAGS.mode != "predict" or not FLAGS.out):
     raise UserInputError("--onnx works with --mode predict and needs --out")
+  if FLAGS.onnx and FLAGS.workdir:
+    raise UserInputError("--onnx and --workdir both name a model: give one of them")
   if not FLAGS.onnx and not FLAGS.workdir:
     raise UserInputError("--workdir is required (the training run's directory)")
   if not FLAGS.onnx and FLAGS.snapshots != 1 and FLAGS.checkpoint != "latest":
@@ -165,12 +169,19 @@ def main(argv):
 
     from unet_jax import predict
     files = predict.list_inputs(FLAGS.input)
-    result = predict.predict_files(model, variables, FLAGS.input, out, config,
-                                   threshold=FLAGS.threshold, overwrite=FLAGS.overwrite,
-                                   echo=lambda line: print(line, file=sys.stderr), **kwargs)
+    try:
+      result = predict.predict_files(model, variables, FLAGS.input, out, config,
+                                     threshold=FLAGS.threshold, overwrite=FLAGS.overwrite,
+                                     skip_existing=FLAGS.skip_existing,
+                                     echo=lambda line: print(line, file=sys.stderr), **kwargs)
+    except KeyboardInterrupt:
+      print(f"interrupted: the files segmented so far are in {out}; add --skip_existing "
+            "to the same command to segment the rest", file=sys.stderr)
+      return 130
     print(result.summary(len(files), out))
     return result.exit_code
 
 
 if __name__ == "__main__":
-  cli.run(app, main)
+  cli.run(app, main, interrupted="stopped before the end; re-run the same command to start "
+          "again")

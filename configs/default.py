@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- data ------------------------------------------------------------------
   c.dataset = "synthetic"       # synthetic | isbi2012 | dic_hela | phc_u373 | folder
   c.data_dir = ""               # "" = built-in synthetic data or $UNET_JAX_DATA
-  c.train_indices = ""          # slice/frame indices, e.g. "0-24" (docs/conventions.md)
+  c.train_indices = ""          # slice/frame indices, e.g. "0-24"; "" = all not in val/heldout
   c.val_indices = ""            # validation: picks the best checkpoint; "" = none
   c.heldout_indices = ""        # reported held-out split (never used to select); "" = none
   c.ctc_sequences = "01"        # Cell Tracking Challenge sequences, e.g. "01,02"

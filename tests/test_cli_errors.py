@@ -148,9 +148,18 @@ def test_invalid_tile_sizes_name_the_valid_ones(field, value, needles):
     (["--dry_run=maybe"], ["--dry_run=maybe"]),
     (["--no_such_flag"], ["no_such_flag"]),
     (["--config.num_steps=0"], ["--config.num_steps=0", "must be >= 1"]),
+    # found at start, not at the first validation (which is steps into the run)
+    (["--config.instances.method=watershd"],
+     ["--config.instances.method='watershd'", "components, watershed"]),
+    (["--config.val_indices=2"], ["config.train_indices = '0-2' and config.val_indices = '2'",
+                                  "share image(s) 2", "disjoint"]),
+    (["--config.ctc_truth=gold"], ["--config.ctc_truth='gold'", "'st'", "'gt'"]),
+    (["--config.heldout_indices=3"], ["config.val_indices = '3' and config.heldout_indices = "
+                                      "'3'", "share image(s) 3"]),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, args, needles):
   assert_clean_error(run_cli(*TINY, *args, f"--workdir={tmp_path}"), *needles)
+  assert not list(tmp_path.glob("checkpoints/*")), "refused before any training"
 
 
 def test_default_config_with_unknown_field(tmp_path):

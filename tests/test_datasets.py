@@ -75,6 +75,67 @@ def test_parse_indices_errors(spec, match):
     datasets.parse_indices(spec, 30, empty_means_all=True, field="train_indices")
 
 
+def _split_config(train, val, heldout):
+  import ml_collections
+  return ml_collections.ConfigDict(
+      {"train_indices": train, "val_indices": val, "heldout_indices": heldout})
+
+
+def test_split_indices_train_empty_means_the_rest():
+  """An empty train_indices trains on every image not in validation or held out, so that
+  setting only a validation split never trains on it."""
+  def splits(train, val, heldout, n):
+    c = _split_config(train, val, heldout)
+    return {s: datasets.split_indices(c, n, s) for s in datasets.SPLITS}
+
+  assert splits("", "3,5", "7-8", 10) == {
+      "train": [0, 1, 2, 4, 6, 9], "val": [3, 5], "heldout": [7, 8]}
+  assert splits("", "", "", 3)["train"] == [0, 1, 2]
+  assert splits("1", "", "0", 3) == {"train": [1], "val": [], "heldout": [0]}
+  # an explicit training split does not need the others to fit this dataset
+  assert datasets.split_indices(_split_config("0-5", "6-7", "8-9"), 6, "train") == list(range(6))
+  with pytest.raises(UserInputError, match="val_indices = '6-7' asks for index 7"):
+    datasets.split_indices(_split_config("", "6-7", ""), 6, "train")
+
+
+def test_check_splits_refuses_exactly_the_overlapping_specs():
+  """Against sets of the parsed indices (brute force), over random specs; the message
+  names both fields and the first shared indices."""
+  rng = np.random.default_rng(0)
+
+  def spec():
+    parts = []
+    for _ in range(rng.integers(0, 3)):
+      lo = int(rng.integers(0, 30))
+      parts.append(str(lo) if rng.random() < 0.4 else f"{lo}-{lo + int(rng.integers(0, 9))}")
+    return ",".join(parts)
+
+  refused = 0
+  for _ in range(300):
+    specs = [spec() for _ in range(3)]
+    sets = [set(datasets.parse_indices(x, 100, empty_means_all=False)) for x in specs]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    overlap = next(((a, b) for a, b in pairs if sets[a] & sets[b]), None)
+    if overlap is None:
+      datasets.check_splits(_split_config(*specs))
+      continue
+    refused += 1
+    a, b = overlap
+    with pytest.raises(UserInputError) as e:
+      datasets.check_splits(_split_config(*specs))
+    fields = ("train_indices", "val_indices", "heldout_indices")
+    shared = sorted(sets[a] & sets[b])
+    assert f"config.{fields[a]} = {specs[a]!r} and config.{fields[b]} = {specs[b]!r}" in str(e.value)
+    assert f"share image(s) {', '.join(map(str, shared[:5]))}" in str(e.value)
+    assert ("..." in str(e.value)) == (len(shared) > 5)
+  assert 30 < refused < 270  # both outcomes exercised
+
+
+def test_check_splits_needs_no_memory_for_huge_ranges():
+  with pytest.raises(UserInputError, match="share image.s. 5: validation"):
+    datasets.check_splits(_split_config("0-99999999999999", "5", ""))
+
+
 def test_normalize_per_channel():
   x = np.random.default_rng(0).integers(0, 65535, (16, 12, 3)).astype(np.uint16)
   y = datasets.normalize(x)
@@ -202,6 +263,37 @@ def test_folder_mixed_channels_and_palette_images(tmp_path):
   (tmp_path / "masks" / "g.tif").unlink()
   pal.save(tmp_path / "masks" / "g.png")
   np.testing.assert_array_equal(datasets.load_split(c, "train").labels[1], mask)
+
+
+def test_training_and_validation_images_of_different_channel_counts(tmp_path, tiny_config):
+  """RGB training images and a grey validation image (in_channels 0: each split takes its
+  own count) are refused before any step, naming both counts, a file and the fix; not
+  found at the first validation as a mismatch with the model."""
+  from unet_jax import train_lib
+  rng = np.random.default_rng(0)
+  mask = np.zeros((20, 30), np.uint8)
+  mask[3:9, 3:9] = 1
+  _folder(tmp_path / "d", {"c": mask, "g": mask},
+          images={"c": rng.integers(0, 255, (20, 30, 3), dtype=np.uint8),
+                  "g": rng.integers(0, 255, (20, 30), dtype=np.uint8)})
+  c = tiny_config
+  c.dataset, c.data_dir, c.mask_kind = "folder", str(tmp_path / "d"), "binary"
+  c.train_indices, c.val_indices, c.heldout_indices, c.eval_every = "0", "1", "", 1
+  with pytest.raises(UserInputError, match=r"training images have 3 channel\(s\) and the "
+                     r"validation images 1 \(e\.g\. g\); set --config\.in_channels=1"):
+    train_lib.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists() or not any(
+      (tmp_path / "w" / "checkpoints").iterdir())
+
+
+def test_in_channels_the_grey_built_in_data_cannot_have(tmp_path, tiny_config):
+  """--config.in_channels=3 on grey built-in data was ignored (the run recorded 1): now
+  refused before any step."""
+  from unet_jax import train_lib
+  tiny_config.in_channels = 3
+  with pytest.raises(UserInputError, match=r"--config\.in_channels=3, but the synthetic "
+                     r"images have 1 channel\(s\): set it to 0 \(taken from the data\) or 1"):
+    train_lib.train_and_evaluate(tiny_config, str(tmp_path / "w"))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -248,6 +248,50 @@ def _evaluate(*args):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
+def test_cli_predict_ctrl_c_then_skip_existing(workdir, tmp_path):
+  """Ctrl-C (SIGINT) once the first results are out: exit 130 and a line that says how to
+  go on; the same command with --skip_existing then segments only the files left."""
+  import signal
+  import time
+  inputs, out = tmp_path / "in", tmp_path / "out"
+  inputs.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(60):
+    tifffile.imwrite(inputs / f"c{i:02d}.tif", rng.integers(0, 255, (300, 300), np.uint8))
+  args = [sys.executable, str(REPO / "evaluate.py"), f"--workdir={workdir}", "--mode=predict",
+          f"--input={inputs}", f"--out={out}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while not list(out.glob("*_labels.tif")) and proc.poll() is None:
+    assert time.monotonic() < deadline, "no results after 300 s"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err, err[-2000:]
+  assert err.strip().splitlines()[-1] == (
+      f"interrupted: the files segmented so far are in {out}; add --skip_existing to the "
+      "same command to segment the rest")
+  done = sorted(p.name[:-len("_labels.tif")] for p in out.glob("*_labels.tif"))
+  assert 1 <= len(done) < 60
+  assert not (out / ".partial").exists()
+  # every finished file has all four results, and nothing of an unfinished one is there
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      name + suffix for name in done for suffix in predict_suffixes())
+  rerun = _evaluate(*args[2:], "--skip_existing")
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert f"60 of 60 files segmented, {4 * (60 - len(done))} files written" in rerun.stdout
+  assert f"({len(done)} of them done by an earlier run" in rerun.stdout
+  assert len(list(out.glob("*_labels.tif"))) == 60
+
+
+def predict_suffixes():
+  from unet_jax import predict
+  return [*predict.SUFFIXES[:3], "_overlay.png"]
+
+
 def test_cli_predict_batch_with_a_bad_file(workdir, tmp_path):
   """A folder with a broken file: the others are written, the summary names it, exit 1."""
   inputs = tmp_path / "in"
@@ -329,7 +373,9 @@ def test_cli_out_that_cannot_be_a_folder_is_one_line_before_any_work(workdir, tm
   # the other mistakes are found before --out is created
   for args, needle in ((["--mode=heldout"], "--workdir is required"),
                        ([f"--workdir={workdir}", "--onnx=m.onnx"], "--onnx works with"),
-                       ([f"--workdir={workdir}", "--snapshots=2"], "--checkpoint latest")):
+                       ([f"--workdir={workdir}", "--snapshots=2"], "--checkpoint latest"),
+                       ([f"--workdir={workdir}", "--onnx=m.onnx", "--mode=predict",
+                         f"--input={image}"], "--onnx and --workdir both name a model")):
     out = tmp_path / "never"
     run = _evaluate(*args, f"--out={out}")
     _clean_error(run, needle)

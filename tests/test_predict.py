@@ -46,6 +46,7 @@ def test_mixed_folder(tiny_config, tmp_path):
   assert "3 of 5 files segmented" in summary and "zero.tif" in summary
   notes = {(p.name, n) for p, n in result.notes}
   assert ("a.png", "alpha channel dropped") in notes
+  assert not any("subfolder" in n for _, n in notes)  # this folder has none
   assert ("palette.png", "palette image resolved to RGB") in notes
   assert any("RGB converted to grey" in n for p, n in notes if p == "palette.png")
   assert any("alpha channel dropped" in line for line in lines)
@@ -99,6 +100,74 @@ def test_no_clobbering(tiny_config, tmp_path):
   again = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
                                 overwrite=True)
   assert again.exit_code == 0 and len(again.written) == 12
+
+
+def test_a_batch_stopped_by_ctrl_c_resumes_with_skip_existing(tiny_config, tmp_path,
+                                                              monkeypatch):
+  """Ctrl-C while the second of three files is being written: the first file's results
+  are complete, nothing of the second is in OUT (its files wait in OUT/.partial and are
+  removed), and --skip_existing then segments the second and third only, leaving the
+  first as it was. The results equal those of a batch never stopped."""
+  model, variables = _net(2, 4)
+  folder, _ = _folder(tmp_path)
+  for name in ("two.tif", "zero.tif", "palette.png"):
+    (folder / name).unlink()
+  tifffile.imwrite(folder / "b.tif", np.random.default_rng(5).integers(0, 255, (36, 30),
+                                                                       dtype=np.uint8))
+  files = predict.list_inputs(folder)
+  assert [f.name for f in files] == ["a.png", "a.tif", "b.tif"]
+  whole = tmp_path / "whole"
+  predict.predict_files(model, variables, folder, whole, tiny_config, progress=False)
+
+  out = tmp_path / "out"
+  real = predict.save_overlays
+  calls = []
+
+  def stop_in_the_second(stem, *args, **kwargs):
+    calls.append(stem.name)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(stem, *args, **kwargs)
+
+  monkeypatch.setattr(predict, "save_overlays", stop_in_the_second)
+  with pytest.raises(KeyboardInterrupt):
+    predict.predict_files(model, variables, folder, out, tiny_config, progress=False)
+  monkeypatch.setattr(predict, "save_overlays", real)
+  first = sorted(p.name for p in out.iterdir())
+  assert first == sorted(predict.output_names(files[0]))  # nothing of the second file
+  stamps = {name: (out / name).stat().st_mtime_ns for name in first}
+
+  with pytest.raises(UserInputError, match="--skip_existing"):
+    predict.predict_files(model, variables, folder, out, tiny_config, progress=False)
+  with pytest.raises(UserInputError, match="choose one"):
+    predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
+                          overwrite=True, skip_existing=True)
+  result = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
+                                 skip_existing=True)
+  assert result.done_before == [files[0]] and result.exit_code == 0
+  assert "1 of them done by an earlier run" in result.summary(3, out)
+  assert sorted(p.name for p in result.written) == sorted(
+      predict.output_names(files[1]) + predict.output_names(files[2]))
+  assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+  assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+  for f in whole.glob("*.tif"):
+    np.testing.assert_array_equal(tifffile.imread(out / f.name), tifffile.imread(f))
+
+
+def test_subfolders_of_an_input_folder_are_named_not_searched(tiny_config, tmp_path):
+  model, variables = _net(2, 4)
+  folder = tmp_path / "in"
+  (folder / "day2").mkdir(parents=True)
+  (folder / ".hidden").mkdir()
+  image = np.random.default_rng(0).integers(0, 255, (30, 30), dtype=np.uint8)
+  tifffile.imwrite(folder / "a.tif", image)
+  tifffile.imwrite(folder / "day2" / "b.tif", image)
+  lines = []
+  result = predict.predict_files(model, variables, folder, tmp_path / "out", tiny_config,
+                                 progress=False, echo=lines.append)
+  assert result.summary(1, tmp_path / "out").startswith("1 of 1 files segmented")
+  note = ("1 subfolder(s) not searched (day2): give them as --input to segment their images")
+  assert result.notes == [(folder, note)] and lines == [f"{folder}: {note}"]
 
 
 def test_bad_inputs_are_user_errors(tiny_config, tmp_path):

@@ -186,6 +186,26 @@ def test_default_tile_covers_small_images():
   assert out.shape == (30, 21, 2)
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_tile_larger_than_the_image_needs_is_reduced_to_the_covering_one(padding):
+  """A 100 000-px tile on a 30 x 21 image (a user's --tile_size) is not a 100 000² forward
+  (37 GiB): it gives the covering tile's probabilities, which for VALID padding are the
+  full-image forward's."""
+  model = UNet(features=4, depth=2, dropout_rate=0.0, padding=padding)
+  variables = {"params": model_lib.init_params(model, jax.random.PRNGKey(0), 1)}
+  image = _image(30, 21)
+  huge = (model_lib.valid_input_size(100_000, 2) if padding == "valid" else 100_000)
+  cover = tiling.covering_tile(30, 21, 2, padding)
+  assert cover == (model_lib.valid_input_size(30 + 2 * model_lib.border(2), 2)
+                   if padding == "valid" else 32)
+  got = tiling.predict_tiled(model, variables, image, tile_size=huge, method="host")
+  np.testing.assert_array_equal(
+      got, tiling.predict_tiled(model, variables, image, tile_size=cover, method="host"))
+  if padding == "valid":
+    np.testing.assert_allclose(got, tiling.full_image_reference(model, variables, image, cover),
+                               atol=1e-5)
+
+
 def test_bfloat16_model_gives_float32():
   model = UNet(features=4, depth=2, dropout_rate=0.0, dtype=jax.numpy.bfloat16)
   _, variables = _net(2, 4)

@@ -110,7 +110,8 @@ def _config_flag_message(exc: BaseException) -> str:
     text = str(exc).strip()
   if isinstance(exc, (KeyError, AttributeError)) or "has no attribute" in text \
       or "not found" in text.lower():
-    return (f"unknown or invalid config field: {text.rstrip('.')}. "
+    text = text.rstrip(".")
+    return (f"unknown or invalid config field: {text}{'' if text.endswith('?') else '.'} "
             "See configs/default.py for the available fields.")
   return text or type(exc).__name__
 
@@ -246,8 +247,13 @@ class _DroppedCheckpointReads(logging.Filter):
     return not any(n in text for n in self.NEEDLES)
 
 
-def run(app, main: Callable) -> None:
+def run(app, main: Callable,
+        interrupted: str = "re-run the same command to resume from the last checkpoint"
+        ) -> None:
   """``app.run(main)`` that turns user errors into one-line messages (exit 2).
+
+  ``interrupted``: what the line after a Ctrl-C that ``main`` did not handle
+  tells the user to do (a training resumes; an evaluation starts again).
 
   Exit status: 0 done; 1 some work failed and is listed (e.g. files that
   ``evaluate.py --mode predict`` skipped); 2 a user error (one line, no
@@ -276,8 +282,7 @@ def run(app, main: Callable) -> None:
         raise  # anything else is a bug: its traceback
       _fail(message)
     except KeyboardInterrupt:
-      print("interrupted: re-run the same command to resume from the last checkpoint",
-            file=sys.stderr)
+      print(f"interrupted: {interrupted}", file=sys.stderr)
       sys.exit(130)
 
   app.run(wrapped, flags_parser=parse_flags)

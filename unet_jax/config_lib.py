@@ -20,6 +20,7 @@ from typing import Sequence
 
 import ml_collections
 
+from unet_jax import datasets
 from unet_jax import model as model_lib
 from unet_jax import tiling
 from unet_jax.errors import UserInputError
@@ -159,6 +160,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("class_weights", c.class_weights, "must be 'balanced' or 'none'")
   if c.lr_schedule not in ("poly", "constant"):
     _fail("lr_schedule", c.lr_schedule, "must be 'poly' or 'constant'")
+  method = c.get("instances", {}).get("method", "components")
+  from unet_jax import instances  # pylint: disable=g-import-not-at-top
+  if method not in instances.METHODS:  # else found only at the first validation, steps in
+    _fail("instances.method", method, f"must be one of {', '.join(instances.METHODS)}")
+  if str(c.get("ctc_truth", "st")).lower() not in ("st", "gt"):
+    _fail("ctc_truth", c.ctc_truth, "must be 'st' (silver truth, all frames) or 'gt' "
+          "(gold truth, a few frames)")
+  datasets.check_splits(c)
   parse_step_range(c.profile_steps)
   if c.async_checkpoints not in ("auto", "on", "off"):
     _fail("async_checkpoints", c.async_checkpoints, "must be 'auto' (background saves on "

@@ -128,23 +128,86 @@ def parse_indices(spec: str, n: int, *, empty_means_all: bool, field: str = "ind
   Raises:
     UserInputError: on bad syntax or an index out of range.
   """
+  ranges = _index_ranges(spec, field)
+  if not ranges:
+    return list(range(n)) if empty_means_all else []
+  top = max(hi for _, hi in ranges)
+  if top >= n:
+    raise UserInputError(
+        f"config.{field} = {spec!r} asks for index {top}, but the dataset has only "
+        f"{n} images (indices 0-{n - 1})")
+  return sorted({i for lo, hi in ranges for i in range(lo, hi + 1)})
+
+
+def _index_ranges(spec: str, field: str) -> list[tuple[int, int]]:
+  """``parse_indices``'s inclusive ``(lo, hi)`` ranges of ``spec`` ("" = none)."""
   spec = str(spec).strip()
   if not spec:
-    return list(range(n)) if empty_means_all else []
-  out = set()
+    return []
+  ranges = []
   for part in spec.split(","):
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
     if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
       raise UserInputError(
           f"config.{field} = {spec!r}: expected indices like '0-24' or '0,3,5-7' "
           f"(inclusive ranges, comma-separated)")
-    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-    out.update(range(lo, hi + 1))
-  if max(out) >= n:
-    raise UserInputError(
-        f"config.{field} = {spec!r} asks for index {max(out)}, but the dataset has only "
-        f"{n} images (indices 0-{n - 1})")
-  return sorted(out)
+    ranges.append((int(m.group(1)), int(m.group(2) or m.group(1))))
+  return ranges
+
+
+SPLITS = ("train", "val", "heldout")
+
+
+def split_indices(config, n: int, split: str) -> list[int]:
+  """The indices of ``split`` ("train", "val" or "heldout") in a dataset of ``n`` images.
+
+  ``config.val_indices`` / ``heldout_indices`` of "" mean none; a
+  ``train_indices`` of "" means every image not in the other two (so that
+  setting only a validation split never trains on it).
+
+  Raises:
+    UserInputError: bad syntax, an index >= ``n`` (in the split asked for, and
+      for an empty ``train_indices`` in the other two), or two splits sharing an
+      image (:func:`check_splits`).
+  """
+  check_splits(config)
+  parse = lambda name: parse_indices(config[f"{name}_indices"], n, empty_means_all=False,
+                                     field=f"{name}_indices")
+  if split == "train" and not str(config.train_indices).strip():
+    rest = set(parse("val")) | set(parse("heldout"))
+    return [i for i in range(n) if i not in rest]
+  return parse(split)
+
+
+def check_splits(config) -> None:
+  """Refuses train / val / heldout index sets that share an image.
+
+  Validation chooses the checkpoint and the held-out split is reported, never
+  used to choose (docs/conventions.md, Data splits): an image in two of them
+  would make the validation or the held-out scores those of images seen before.
+  Checked from the index strings alone, so before any data is read.
+
+  Raises:
+    UserInputError: naming the two fields and the shared indices.
+  """
+  ranges = {split: _index_ranges(config.get(f"{split}_indices", ""), f"{split}_indices")
+            for split in SPLITS}
+  for a, b in (("train", "val"), ("train", "heldout"), ("val", "heldout")):
+    shared = sorted({i for lo_a, hi_a in ranges[a] for lo_b, hi_b in ranges[b]
+                     for i in range(max(lo_a, lo_b), min(hi_a, hi_b, max(lo_a, lo_b) + 5) + 1)})
+    if shared:
+      listed = ", ".join(map(str, shared[:5])) + (", ..." if len(shared) > 5 else "")
+      raise UserInputError(
+          f"config.{a}_indices = {config[f'{a}_indices']!r} and config.{b}_indices = "
+          f"{config[f'{b}_indices']!r} share image(s) {listed}: {_WHY_DISJOINT[a, b]}; "
+          f"make the splits disjoint (docs/conventions.md, Data splits)")
+
+
+_WHY_DISJOINT = {
+    ("train", "val"): "validation images must be ones the training never sees",
+    ("train", "heldout"): "held-out images must be ones the training never sees",
+    ("val", "heldout"): "held-out images must not be the ones that choose the checkpoint",
+}
 
 
 def download_hint(dataset: str, dest: pathlib.Path | str) -> str:
@@ -554,9 +617,7 @@ def load_split(config, split: str) -> SegmentationData:
   if split == "test":
     keep = list(range(len(images)))
   else:
-    field = f"{split}_indices"
-    keep = parse_indices(config[field], len(images), empty_means_all=split == "train",
-                         field=field)
+    keep = split_indices(config, len(images), split)
   pick = lambda xs: None if xs is None else [xs[i] for i in keep]
   names = pick(names)
   images, instances, labels = _materialise(config, pick(images), pick(instances),

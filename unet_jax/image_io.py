@@ -379,6 +379,9 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
   if path.stat().st_size == 0:
     raise UserInputError(f"{path} is empty (0 bytes)")
   tiff = path.suffix.lower() in TIFF_SUFFIXES
+  if path.suffix and not tiff and path.suffix.lower() not in PIL_SUFFIXES:
+    raise UserInputError(f"{path}: not a file type this tool reads ({describe()}); rename "
+                         "it if it is one of them, or convert it (Fiji: File > Save As > Tiff)")
   with warnings.catch_warnings(), _tifffile_log() as log:
     warnings.simplefilter("ignore")  # tifffile/Pillow metadata chatter
     try:

@@ -28,7 +28,11 @@ pixel size (only a physical calibration, never a dpi: see
 ``T`` x ``Z`` hyperstack ``TZ``; pages along any other axis (``I``, ``Q``,
 GIF frames) are written as a ``Z`` stack, ImageJ's plain stack. The output
 folder must not be (inside) an input folder, and existing outputs are refused
-unless ``overwrite=True``. A file that cannot be read or converted is skipped
+unless ``overwrite=True``, or skipped with ``skip_existing=True``: each input's
+files are written to ``OUT/.partial/`` and moved into ``OUT`` one by one, its
+``_labels.tif`` last, so an input whose ``_labels.tif`` exists has all its
+files, and a batch stopped part-way (Ctrl-C) resumes where it stopped
+(``evaluate.py --mode predict ... --skip_existing``). A file that cannot be read or converted is skipped
 with a one-line reason; the others are processed (:class:`PredictResult` lists
 both; ``exit_code`` is 1 if some were skipped, 2 if none could be segmented).
 """
@@ -36,6 +40,7 @@ both; ``exit_code`` is 1 if some were skipped, 2 if none could be segmented).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -61,6 +66,7 @@ class PredictResult:
   written: list[pathlib.Path] = dataclasses.field(default_factory=list)
   failed: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)
   notes: list[tuple[pathlib.Path, str]] = dataclasses.field(default_factory=list)
+  done_before: list[pathlib.Path] = dataclasses.field(default_factory=list)
 
   @property
   def exit_code(self) -> int:
@@ -70,12 +76,15 @@ class PredictResult:
     """
     if not self.failed:
       return 0
-    return 1 if self.written else 2
+    return 1 if self.written or self.done_before else 2
 
   def summary(self, num_inputs: int, out_dir: pathlib.Path) -> str:
     ok = num_inputs - len(self.failed)
     lines = [f"{ok} of {num_inputs} files segmented, {len(self.written)} files written to "
              f"{out_dir}"]
+    if self.done_before:
+      lines[0] += (f" ({len(self.done_before)} of them done by an earlier run, "
+                   "left as they were: --skip_existing)")
     if self.failed:
       lines.append(f"{len(self.failed)} file(s) skipped:")
       lines += [f"  {skip_line(path, reason)}" for path, reason in self.failed]
@@ -290,7 +299,7 @@ def input_channels(variables: Any, model: Any = None) -> int:
 
 
 def check_request(inputs, out_dir: str | pathlib.Path, threshold: float | None = None,
-                  overwrite: bool = False) -> list[pathlib.Path]:
+                  overwrite: bool = False, skip_existing: bool = False) -> list[pathlib.Path]:
   """The input files of a prediction, after the checks that need no model.
 
   ``evaluate.py`` calls it before it loads a checkpoint, so that a wrong
@@ -298,25 +307,31 @@ def check_request(inputs, out_dir: str | pathlib.Path, threshold: float | None =
 
   Raises:
     UserInputError: no inputs, ``--out`` inside an input folder, existing
-      outputs without ``overwrite``, a threshold outside [0, 1).
+      outputs without ``overwrite`` or ``skip_existing`` (or both of them given),
+      a threshold outside [0, 1).
   """
   if threshold is not None and not 0.0 <= threshold < 1.0:
     raise UserInputError(f"--threshold={threshold}: must be in [0, 1)")
+  if overwrite and skip_existing:
+    raise UserInputError("--overwrite redoes every file, --skip_existing keeps the finished "
+                         "ones: choose one")
   files = list_inputs(inputs)
   out = pathlib.Path(out_dir)
   check_out_dir(inputs, out)
-  if not overwrite and out.is_dir():
+  if not (overwrite or skip_existing) and out.is_dir():
     existing = _existing_outputs(files, out)
     if existing:
       raise UserInputError(
           f"{len(existing)} output file(s) already exist in {out} (e.g. {existing[0].name}); "
-          "pass --overwrite to replace them or choose another --out")
+          "pass --skip_existing to segment only the files without results (e.g. after "
+          "Ctrl-C), --overwrite to redo them all, or choose another --out")
   return files
 
 
 def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, config, *,
                   threshold: float | None = None, tta: bool = False, progress: bool = True,
                   tile_size: int | None = None, overwrite: bool = False,
+                  skip_existing: bool = False,
                   echo: Callable[[str], None] | None = None) -> PredictResult:
   """Segments users' images of any size; writes the files of the module docstring.
 
@@ -332,6 +347,8 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     progress: a tqdm bar per file, moving by tiles.
     tile_size: overrides the config's tile size.
     overwrite: replace existing outputs (else they are an error, before any work).
+    skip_existing: leave the inputs whose ``_labels.tif`` exists (written last, so
+      their other files are complete) as they are, and segment the others.
     echo: where per-file notes and skips are reported as they happen (default: none).
   Returns:
     :class:`PredictResult`.
@@ -346,8 +363,9 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   from unet_jax import tiling
   from unet_jax.datasets import normalize
 
-  files = check_request(inputs, out_dir, threshold, overwrite)
+  files = check_request(inputs, out_dir, threshold, overwrite, skip_existing)
   out = run_control.writable_dir(out_dir)
+  stage = out / ".partial"
   channels = input_channels(variables, model)
   params = instances.InstanceParams.from_config(config)
   if threshold is not None:
@@ -358,7 +376,20 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   batch = int(config.eval_batch_size)
   say = echo or (lambda _: None)
   result = PredictResult()
+  for folder in [pathlib.Path(i) for i in ([inputs] if isinstance(inputs, (str, pathlib.Path))
+                                           else inputs)]:
+    subfolders = sorted(d.name for d in folder.iterdir()
+                        if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+    if subfolders:  # list_inputs takes a folder's own images only
+      note = (f"{len(subfolders)} subfolder(s) not searched ({', '.join(subfolders[:3])}"
+              f"{', ...' if len(subfolders) > 3 else ''}): give them as --input to segment "
+              "their images")
+      result.notes.append((folder, note))
+      say(f"{folder}: {note}")
   for index, path in enumerate(files):
+    if skip_existing and (out / output_names(path)[2]).exists():
+      result.done_before.append(path)
+      continue
     try:
       image, pages = image_io.model_pages(path, channels)
     except UserInputError as e:
@@ -399,17 +430,17 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
       n_objects = max(int(lab.max()) for lab in labels)
       prob, lead = stack_pages(probs, image)  # lead: "", "T", "Z" or "TZ"
       calibration = dict(z_spacing=image.z_spacing, frame_interval=image.frame_interval)
-      written = [
-          image_io.write_tiff(out / names[0], prob, image.pixel_size, lead + "CYX",
+      staged = [
+          image_io.write_tiff(stage / names[0], prob, image.pixel_size, lead + "CYX",
                               **calibration),
-          image_io.write_tiff(out / names[1], stack_pages(masks, image)[0], image.pixel_size,
-                              lead + "YX", **calibration),
-          image_io.write_tiff(out / names[2],
-                              stack_pages(labels, image)[0].astype(label_dtype(n_objects)),
-                              image.pixel_size, lead + "YX", **calibration)]
+          image_io.write_tiff(stage / names[1], stack_pages(masks, image)[0], image.pixel_size,
+                              lead + "YX", **calibration)]
       for name, page, lab in zip(names[3:], pages, labels):
-        written += save_overlays(out / name[:-len(".png")], page, lab)
-      result.written += written
+        staged += save_overlays(stage / name[:-len(".png")], page, lab)
+      staged.append(image_io.write_tiff(  # last: it marks the input as done
+          stage / names[2], stack_pages(labels, image)[0].astype(label_dtype(n_objects)),
+          image.pixel_size, lead + "YX", **calibration))
+      result.written += [_move_into(f, out) for f in staged]
     except UserInputError as e:
       reason = skip_reason(path, e)
       result.failed.append((path, reason))
@@ -420,4 +451,14 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
     finally:
       if bar is not None:
         bar.close()
+      if stage.is_dir():  # empty, or a failed or interrupted file's leftovers
+        for f in stage.iterdir():
+          f.unlink()
+        stage.rmdir()
   return result
+
+
+def _move_into(path: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+  """``path`` moved into ``folder`` (one atomic rename: same file system)."""
+  os.replace(path, folder / path.name)
+  return folder / path.name

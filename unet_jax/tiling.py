@@ -467,13 +467,25 @@ def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
     grid = 2**depth
     valid = choose_tile_size(model.clone(padding="valid"), height, width, channels,
                              batch_size, memory_budget)
-    return max(grid, min(valid // grid, -(-max(height, width) // grid)) * grid)
-  cover = model_lib.valid_input_size(max(height, width) + 2 * model_lib.border(depth), depth)
+    return min(max(grid, valid // grid * grid), covering_tile(height, width, depth, "same"))
   return tile_size_for_memory(
       memory_budget or default_memory_budget(), features=model.features, depth=depth,
       num_classes=model.num_classes, in_channels=channels, batch_size=batch_size,
       dtype_bytes=activation_bytes(model),
-      max_tile=max(cover, smallest_usable_tile(depth)))
+      max_tile=covering_tile(height, width, depth, "valid"))
+
+
+def covering_tile(height: int, width: int, depth: int = 4, padding: str = "valid") -> int:
+  """The smallest usable tile whose output covers a ``[height, width]`` image at once.
+
+  A larger tile adds only mirrored (VALID) or zero (SAME) padding around the image:
+  the same probabilities (VALID; to float rounding) for more memory and time.
+  """
+  if padding == "same":
+    grid = 2**depth
+    return max(grid, -(-max(height, width) // grid) * grid)
+  cover = model_lib.valid_input_size(max(height, width) + 2 * model_lib.border(depth), depth)
+  return max(cover, smallest_usable_tile(depth))
 
 
 def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
@@ -493,7 +505,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     tile_size: input tile side, a valid size whose output is at least
       ``2**depth`` (204 is the smallest at depth 4). None = the largest that
       fits ``memory_budget`` (``tile_size_for_memory``), but no larger than one
-      tile covering the whole image.
+      tile covering the whole image; a larger given size is reduced to that one
+      (``covering_tile``).
     batch_size: tiles per jitted call and device.
     tta: average the predictions of the 8 flips/rotations of the image (the
       dihedral group), each mapped back before averaging.
@@ -525,6 +538,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     tile_size = choose_tile_size(model, h, w, c, batch_size, memory_budget)
   padding = _padding(model)
   check_tile_size(tile_size, model.depth, padding)
+  # e.g. --tile_size 100000 on a 512-px image: one covering tile, not a 100000² one
+  tile_size = min(tile_size, covering_tile(h, w, model.depth, padding))
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
   mesh = inference_mesh(devices) if isinstance(model, nn.Module) else None
   if mesh is not None:

@@ -435,6 +435,17 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, stop,
   train_data = datasets.load_split(config, "train")
   val_data = (datasets.load_split(config, "val")
               if config.val_indices and config.eval_every > 0 else None)
+  if val_data is not None and val_data.num_channels != train_data.num_channels:
+    # each split takes its own images' count when in_channels is 0 (grey vs RGB files)
+    raise UserInputError(
+        f"the training images have {train_data.num_channels} channel(s) and the validation "
+        f"images {val_data.num_channels} (e.g. {val_data.names[0]}); set "
+        "--config.in_channels=1 (RGB is converted to grey) or =3 (grey is repeated)")
+  if config.in_channels and config.in_channels != train_data.num_channels:
+    raise UserInputError(  # the built-in datasets are grey; folder data honour it
+        f"--config.in_channels={config.in_channels}, but the {config.dataset} images have "
+        f"{train_data.num_channels} channel(s): set it to 0 (taken from the data) or "
+        f"{train_data.num_channels}")
   config = config_lib.resolve(config, train_data.num_channels)
   changed = []
   if (workdir / "config.json").is_file():
