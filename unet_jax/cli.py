@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -100,6 +101,13 @@ def _json_config_message(name: str, value: str, saved_is_default: bool = True) -
 
 def _config_flag_message(exc: BaseException) -> str:
   """One line for an error of flag parsing (unknown/invalid --config fields)."""
+  text = str(exc)
+  if "Traceback (most recent call last)" in text:  # the config file's get_config() raised
+    head = text.split("Traceback (most recent call last)")[0].rstrip(": \n")
+    head = head.replace("Error whilst parsing config file", "loading the config file raised")
+    frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+    where = f" ({frames[-1][0]}, line {frames[-1][1]})" if frames else ""
+    return f"{head}: {text.strip().splitlines()[-1].strip()}{where}"
   cause = exc
   while cause is not None and not isinstance(cause, KeyError):
     cause = cause.__cause__ or cause.__context__
