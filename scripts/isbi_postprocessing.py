@@ -80,10 +80,10 @@ def _score(args: argparse.Namespace) -> str:
     raise UserInputError(f"unknown --only {unknown[0]!r}; the variants are: "
                          f"{'; '.join(n for n, _ in variants())}")
   config, model, variables = inference.load_for_inference(args.workdir, "latest")
-  indices = config[f"{args.split}_indices"]
-  if not indices:
+  data = datasets.load_split(config, args.split)  # "" train = the images not val/held out
+  if not len(data):
     raise UserInputError(f"the run has no {args.split} split; pick another --split")
-  data = datasets.load_split(config, args.split)
+  indices = config[f"{args.split}_indices"] or "the images not in validation or held out"
   probs = [p[..., 1] for p in evaluation.predict_images(model, variables, data.images, config,
                                                         tta=True)]
   rows, maps = [], {}

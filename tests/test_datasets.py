@@ -96,6 +96,9 @@ def test_split_indices_train_empty_means_the_rest():
   assert datasets.split_indices(_split_config("0-5", "6-7", "8-9"), 6, "train") == list(range(6))
   with pytest.raises(UserInputError, match="val_indices = '6-7' asks for index 7"):
     datasets.split_indices(_split_config("", "6-7", ""), 6, "train")
+  with pytest.raises(UserInputError, match="no images left to train on: config.val_indices = "
+                     "'0-3' and config.heldout_indices = '4-5' take all 6"):
+    datasets.split_indices(_split_config("", "0-3", "4-5"), 6, "train")
 
 
 def test_check_splits_refuses_exactly_the_overlapping_specs():

@@ -248,20 +248,21 @@ def test_corrupt_tiff_is_one_clear_line_and_no_log(tmp_path, caplog):
 
 
 def test_a_file_of_another_type_says_which_types_are_read(tmp_path):
-  """notes.txt is not a "truncated or corrupted" image: it is not one at all. A file
-  without a suffix is still tried (Pillow reads a PNG by its content)."""
+  """notes.txt is not a "truncated or corrupted" image: it is not one at all. Files of
+  other suffixes are still tried (Pillow reads a PNG by its content)."""
   path = tmp_path / "notes.txt"
   path.write_text("cells: 12")
   with pytest.raises(UserInputError) as e:
     image_io.read_image(path)
-  assert str(e.value) == (f"{path}: not a file type this tool reads ({image_io.describe()}); "
-                          "rename it if it is one of them, or convert it (Fiji: File > "
-                          "Save As > Tiff)")
+  assert str(e.value) == (f"{path}: not a file type this tool reads ({image_io.describe()}, "
+                          "or what Pillow reads); convert it (Fiji: File > Save As > Tiff)")
   assert "*.tif/*.tiff/*.png" in str(e.value)
   grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
   Image.fromarray(grey).save(tmp_path / "plain.png")
-  (tmp_path / "plain.png").rename(tmp_path / "plain")
-  np.testing.assert_array_equal(image_io.read_image(tmp_path / "plain").pages[0][..., 0], grey)
+  for name in ("plain", "plain.webp_but_png"):
+    (tmp_path / "plain.png").rename(tmp_path / name) if name == "plain" else (
+        (tmp_path / "plain").rename(tmp_path / name))
+    np.testing.assert_array_equal(image_io.read_image(tmp_path / name).pages[0][..., 0], grey)
 
 
 def test_truncated_hyperstack_notes_what_tifffile_found(tmp_path, caplog):

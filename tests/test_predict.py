@@ -142,9 +142,11 @@ def test_a_batch_stopped_by_ctrl_c_resumes_with_skip_existing(tiny_config, tmp_p
   with pytest.raises(UserInputError, match="choose one"):
     predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
                           overwrite=True, skip_existing=True)
+  (out / ".partial" / "left_by_a_kill").mkdir(parents=True)  # SIGKILL mid-file: no cleanup
   result = predict.predict_files(model, variables, folder, out, tiny_config, progress=False,
                                  skip_existing=True)
   assert result.done_before == [files[0]] and result.exit_code == 0
+  assert not (out / ".partial").exists()
   assert "1 of them done by an earlier run" in result.summary(3, out)
   assert sorted(p.name for p in result.written) == sorted(
       predict.output_names(files[1]) + predict.output_names(files[2]))

@@ -186,24 +186,44 @@ def test_default_tile_covers_small_images():
   assert out.shape == (30, 21, 2)
 
 
-@pytest.mark.parametrize("padding", ["valid", "same"])
-def test_a_tile_larger_than_the_image_needs_is_reduced_to_the_covering_one(padding):
-  """A 100 000-px tile on a 30 x 21 image (a user's --tile_size) is not a 100 000² forward
-  (37 GiB): it gives the covering tile's probabilities, which for VALID padding are the
-  full-image forward's."""
-  model = UNet(features=4, depth=2, dropout_rate=0.0, padding=padding)
-  variables = {"params": model_lib.init_params(model, jax.random.PRNGKey(0), 1)}
+def test_a_tile_far_larger_than_the_image_needs_is_halved(monkeypatch):
+  """A 100 000-px VALID tile on a 30 x 21 image (a user's --tile_size) is not a 100 000²
+  forward (37 GiB): it is halved while it still covers the image, and the probabilities
+  are the full-image forward's. A tile below twice the covering one is kept."""
+  model, variables = _net(2, 4)
   image = _image(30, 21)
-  huge = (model_lib.valid_input_size(100_000, 2) if padding == "valid" else 100_000)
-  cover = tiling.covering_tile(30, 21, 2, padding)
-  assert cover == (model_lib.valid_input_size(30 + 2 * model_lib.border(2), 2)
-                   if padding == "valid" else 32)
+  cover = tiling.covering_tile(30, 21, 2)
+  assert cover == model_lib.valid_input_size(30 + 2 * model_lib.border(2), 2)
+  used = []
+  real_plan = tiling.plan_tiles
+  monkeypatch.setattr(tiling, "plan_tiles",
+                      lambda h, w, tile, *a: used.append(tile) or real_plan(h, w, tile, *a))
+  huge = model_lib.valid_input_size(100_000, 2)
   got = tiling.predict_tiled(model, variables, image, tile_size=huge, method="host")
-  np.testing.assert_array_equal(
-      got, tiling.predict_tiled(model, variables, image, tile_size=cover, method="host"))
-  if padding == "valid":
-    np.testing.assert_allclose(got, tiling.full_image_reference(model, variables, image, cover),
-                               atol=1e-5)
+  assert cover <= used[-1] < 2 * cover + 16, used
+  np.testing.assert_allclose(got, tiling.full_image_reference(model, variables, image, cover),
+                             atol=1e-5)
+  for tile in (cover, model_lib.valid_input_size(2 * cover - 8, 2)):
+    tiling.predict_tiled(model, variables, image, tile_size=tile, method="host")
+    assert used[-1] == tile
+  # one tile size for images of several sizes (one compilation), not one per size
+  sizes = set()
+  for side in (20, 24, 28, 33):
+    tiling.predict_tiled(model, variables, _image(side, side), tile_size=huge, method="host")
+    sizes.add(used[-1])
+  assert len(sizes) <= 2, sizes
+
+
+def test_same_padding_and_fixed_tiles_keep_the_given_tile(monkeypatch):
+  """SAME tiles are reflect-padded, so their size changes the probabilities: kept as given."""
+  model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
+  variables = {"params": model_lib.init_params(model, jax.random.PRNGKey(0), 1)}
+  used = []
+  real_plan = tiling.plan_tiles
+  monkeypatch.setattr(tiling, "plan_tiles",
+                      lambda h, w, tile, *a: used.append(tile) or real_plan(h, w, tile, *a))
+  tiling.predict_tiled(model, variables, _image(30, 21), tile_size=256)
+  assert used == [256]
 
 
 def test_bfloat16_model_gives_float32():

@@ -53,9 +53,10 @@ held-out split, evaluation protocol, primary metric, download source); every
 part of the library looks a dataset up there with :func:`spec`, so a new
 dataset is one more entry.
 
-Splits: ``config.train_indices`` / ``config.val_indices`` such as "0-24",
-"25-29" or "0,3,5-7" (inclusive ranges); "" = all images for "train" and none
-for "val". The data folder is ``config.data_dir``, else ``$UNET_JAX_DATA``.
+Splits: ``config.train_indices`` / ``val_indices`` / ``heldout_indices`` such as
+"0-24", "25-29" or "0,3,5-7" (inclusive ranges); "" = none for "val" and
+"heldout", and for "train" every image not in those two; splits that share an
+image are refused (:func:`check_splits`). The data folder is ``config.data_dir``, else ``$UNET_JAX_DATA``.
 
 Normalisation: every image is normalised on its own, per channel, to zero mean
 and unit standard deviation. Per-image statistics need no dataset-wide pass,
@@ -175,7 +176,13 @@ def split_indices(config, n: int, split: str) -> list[int]:
                                      field=f"{name}_indices")
   if split == "train" and not str(config.train_indices).strip():
     rest = set(parse("val")) | set(parse("heldout"))
-    return [i for i in range(n) if i not in rest]
+    train = [i for i in range(n) if i not in rest]
+    if not train:
+      raise UserInputError(
+          f"no images left to train on: config.val_indices = {config.val_indices!r} and "
+          f"config.heldout_indices = {config.heldout_indices!r} take all {n}; leave some "
+          "out of them or set config.train_indices")
+    return train
   return parse(split)
 
 

@@ -565,7 +565,7 @@ with unet_jax (JAX/Flax) and exported to ONNX (opset {OPSET}) with jax2onnx.
 {python_text(name, depth, fixed_tile)}
 ## Training
 
-Trained on {data}; training images {config.get('train_indices') or 'all'},
+Trained on {data}; training images {config.get('train_indices') or 'all not used below'},
 validation images (they chose the best checkpoint) {config.get('val_indices') or 'none'},
 held-out images {config.get('heldout_indices') or 'none'}; {config.num_steps} steps of SGD with
 momentum {config.get('momentum', 0.99)} on {config.tile_size}² tiles with the paper's
@@ -775,4 +775,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("tile_size", 0, "Export a fixed tile side (0 = any valid side).")
   flags.DEFINE_multi_string("author", None, "Author name(s) for the package.")
   flags.DEFINE_string("license", "CC-BY-4.0", "SPDX licence identifier of the weights.")
-  cli.run(app, main)
+  cli.run(app, main, interrupted="nothing usable was written; re-run the same command "
+          "with --overwrite")

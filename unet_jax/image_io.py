@@ -379,9 +379,6 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
   if path.stat().st_size == 0:
     raise UserInputError(f"{path} is empty (0 bytes)")
   tiff = path.suffix.lower() in TIFF_SUFFIXES
-  if path.suffix and not tiff and path.suffix.lower() not in PIL_SUFFIXES:
-    raise UserInputError(f"{path}: not a file type this tool reads ({describe()}); rename "
-                         "it if it is one of them, or convert it (Fiji: File > Save As > Tiff)")
   with warnings.catch_warnings(), _tifffile_log() as log:
     warnings.simplefilter("ignore")  # tifffile/Pillow metadata chatter
     try:
@@ -393,6 +390,10 @@ def read_image(path: str | pathlib.Path, *, resolve_palette: bool = True) -> Ima
       # Decoders name the file too (Pillow: "cannot identify image file '/a/b.png'").
       why = why.replace(f" {str(path)!r}", "").replace(str(path), path.name)
       why += "".join(f"; {m}" for m in log[:1])  # e.g. "invalid offset to first page"
+      if path.suffix and path.suffix.lower() not in IMAGE_SUFFIXES:  # e.g. notes.txt
+        raise UserInputError(
+            f"{path}: not a file type this tool reads ({describe()}, or what Pillow "
+            "reads); convert it (Fiji: File > Save As > Tiff)") from e
       kind = "TIFF" if tiff else path.suffix[1:].upper() or "image"
       raise UserInputError(f"{path}: not a readable {kind} "
                            f"(truncated or corrupted file? {why})") from e

@@ -366,6 +366,9 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   files = check_request(inputs, out_dir, threshold, overwrite, skip_existing)
   out = run_control.writable_dir(out_dir)
   stage = out / ".partial"
+  if stage.exists():  # left by a run that was killed (SIGKILL, SIGTERM) mid-file
+    import shutil
+    shutil.rmtree(stage)
   channels = input_channels(variables, model)
   params = instances.InstanceParams.from_config(config)
   if threshold is not None:
@@ -452,9 +455,8 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
       if bar is not None:
         bar.close()
       if stage.is_dir():  # empty, or a failed or interrupted file's leftovers
-        for f in stage.iterdir():
-          f.unlink()
-        stage.rmdir()
+        import shutil
+        shutil.rmtree(stage)
   return result
 
 

@@ -476,16 +476,29 @@ def choose_tile_size(model: nn.Module, height: int, width: int, channels: int,
 
 
 def covering_tile(height: int, width: int, depth: int = 4, padding: str = "valid") -> int:
-  """The smallest usable tile whose output covers a ``[height, width]`` image at once.
-
-  A larger tile adds only mirrored (VALID) or zero (SAME) padding around the image:
-  the same probabilities (VALID; to float rounding) for more memory and time.
-  """
+  """The smallest usable tile whose output covers a ``[height, width]`` image at once."""
   if padding == "same":
     grid = 2**depth
     return max(grid, -(-max(height, width) // grid) * grid)
   cover = model_lib.valid_input_size(max(height, width) + 2 * model_lib.border(depth), depth)
   return max(cover, smallest_usable_tile(depth))
+
+
+def reduced_tile(tile_size: int, cover: int, depth: int = 4) -> int:
+  """A VALID tile no larger than about twice ``cover`` (``covering_tile``).
+
+  ``--tile_size 100000`` on a 512-px image would mirror-pad it to 100000² (37 GiB);
+  a larger VALID tile only adds mirrored pixels around the image, so the
+  probabilities are the same (to float rounding). The tile is halved (to the
+  next valid size) while it stays at or above ``cover``, so that images of
+  different sizes share a few tile sizes, each compiled once, instead of one
+  per size.
+  """
+  while True:
+    half = model_lib.valid_input_size(tile_size // 2, depth)
+    if half >= tile_size or half < cover:
+      return tile_size
+    tile_size = half
 
 
 def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
@@ -505,8 +518,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     tile_size: input tile side, a valid size whose output is at least
       ``2**depth`` (204 is the smallest at depth 4). None = the largest that
       fits ``memory_budget`` (``tile_size_for_memory``), but no larger than one
-      tile covering the whole image; a larger given size is reduced to that one
-      (``covering_tile``).
+      tile covering the whole image; a given VALID size more than twice the
+      covering one is halved (``reduced_tile``).
     batch_size: tiles per jitted call and device.
     tta: average the predictions of the 8 flips/rotations of the image (the
       dihedral group), each mapped back before averaging.
@@ -538,8 +551,8 @@ def predict_tiled(model: nn.Module, variables: Any, image: np.ndarray, *,
     tile_size = choose_tile_size(model, h, w, c, batch_size, memory_budget)
   padding = _padding(model)
   check_tile_size(tile_size, model.depth, padding)
-  # e.g. --tile_size 100000 on a 512-px image: one covering tile, not a 100000² one
-  tile_size = min(tile_size, covering_tile(h, w, model.depth, padding))
+  if padding == "valid" and isinstance(model, nn.Module):  # not a fixed-tile ONNX model
+    tile_size = reduced_tile(tile_size, covering_tile(h, w, model.depth), model.depth)
   transforms = DIHEDRAL if tta else DIHEDRAL[:1]
   mesh = inference_mesh(devices) if isinstance(model, nn.Module) else None
   if mesh is not None:
