@@ -32,8 +32,8 @@ unless ``overwrite=True``, or skipped with ``skip_existing=True``: each input's
 files are written to ``OUT/.partial/`` and moved into ``OUT`` one by one, its
 ``_labels.tif`` last, so an input whose ``_labels.tif`` exists has all its
 files, and a batch stopped part-way (Ctrl-C) resumes where it stopped
-(``evaluate.py --mode predict ... --skip_existing``). A file that cannot be read or converted is skipped
-with a one-line reason; the others are processed (:class:`PredictResult` lists
+(``evaluate.py --mode predict ... --skip_existing``). A file that cannot be read
+or converted is skipped with a one-line reason; the others are processed (:class:`PredictResult` lists
 both; ``exit_code`` is 1 if some were skipped, 2 if none could be segmented).
 """
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -367,7 +368,6 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   out = run_control.writable_dir(out_dir)
   stage = out / ".partial"
   if stage.exists():  # left by a run that was killed (SIGKILL, SIGTERM) mid-file
-    import shutil
     shutil.rmtree(stage)
   channels = input_channels(variables, model)
   params = instances.InstanceParams.from_config(config)
@@ -455,7 +455,6 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
       if bar is not None:
         bar.close()
       if stage.is_dir():  # empty, or a failed or interrupted file's leftovers
-        import shutil
         shutil.rmtree(stage)
   return result
 
