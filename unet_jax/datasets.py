@@ -56,7 +56,8 @@ dataset is one more entry.
 Splits: ``config.train_indices`` / ``val_indices`` / ``heldout_indices`` such as
 "0-24", "25-29" or "0,3,5-7" (inclusive ranges); "" = none for "val" and
 "heldout", and for "train" every image not in those two; splits that share an
-image are refused (:func:`check_splits`). The data folder is ``config.data_dir``, else ``$UNET_JAX_DATA``.
+image are refused (:func:`check_splits`). The data folder is ``config.data_dir``,
+else ``$UNET_JAX_DATA``.
 
 Normalisation: every image is normalised on its own, per channel, to zero mean
 and unit standard deviation. Per-image statistics need no dataset-wide pass,
