@@ -186,6 +186,15 @@ def test_default_tile_covers_small_images():
   assert out.shape == (30, 21, 2)
 
 
+def _tile_sizes_used(monkeypatch) -> list[int]:
+  """The tile size of every ``tiling.plan_tiles`` call from now on, in call order."""
+  used = []
+  real_plan = tiling.plan_tiles
+  monkeypatch.setattr(tiling, "plan_tiles",
+                      lambda h, w, tile, *a: used.append(tile) or real_plan(h, w, tile, *a))
+  return used
+
+
 def test_a_tile_far_larger_than_the_image_needs_is_halved(monkeypatch):
   """A 100 000-px VALID tile on a 30 x 21 image (a user's --tile_size) is not a 100 000²
   forward (37 GiB): it is halved while it still covers the image, and the probabilities
@@ -194,10 +203,7 @@ def test_a_tile_far_larger_than_the_image_needs_is_halved(monkeypatch):
   image = _image(30, 21)
   cover = tiling.covering_tile(30, 21, 2)
   assert cover == model_lib.valid_input_size(30 + 2 * model_lib.border(2), 2)
-  used = []
-  real_plan = tiling.plan_tiles
-  monkeypatch.setattr(tiling, "plan_tiles",
-                      lambda h, w, tile, *a: used.append(tile) or real_plan(h, w, tile, *a))
+  used = _tile_sizes_used(monkeypatch)
   huge = model_lib.valid_input_size(100_000, 2)
   got = tiling.predict_tiled(model, variables, image, tile_size=huge, method="host")
   assert cover <= used[-1] < 2 * cover + 16, used
@@ -218,10 +224,7 @@ def test_same_padding_and_fixed_tiles_keep_the_given_tile(monkeypatch):
   """SAME tiles are reflect-padded, so their size changes the probabilities: kept as given."""
   model = UNet(features=4, depth=2, dropout_rate=0.0, padding="same")
   variables = {"params": model_lib.init_params(model, jax.random.PRNGKey(0), 1)}
-  used = []
-  real_plan = tiling.plan_tiles
-  monkeypatch.setattr(tiling, "plan_tiles",
-                      lambda h, w, tile, *a: used.append(tile) or real_plan(h, w, tile, *a))
+  used = _tile_sizes_used(monkeypatch)
   tiling.predict_tiled(model, variables, _image(30, 21), tile_size=256)
   assert used == [256]
 

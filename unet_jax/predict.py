@@ -108,12 +108,18 @@ def skip_line(path: pathlib.Path, reason: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
-  """Image files of a file, a folder (its images, sorted, see ``image_io``) or a list."""
+def input_items(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]
+                ) -> list[pathlib.Path]:
+  """``--input`` as a list of paths: one file or folder, or a list of them."""
   if isinstance(inputs, (str, pathlib.Path)):
     inputs = [inputs]
+  return [pathlib.Path(item) for item in inputs]
+
+
+def list_inputs(inputs: str | pathlib.Path | Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """Image files of a file, a folder (its images, sorted, see ``image_io``) or a list."""
   files = []
-  for item in map(pathlib.Path, inputs):
+  for item in input_items(inputs):
     if item.is_dir():
       found = image_io.list_images(item)
       if not found:
@@ -138,10 +144,8 @@ def output_names(path: pathlib.Path, pages: int = 1) -> list[str]:
 
 def check_out_dir(inputs, out_dir: pathlib.Path) -> None:
   """Refuses an output folder equal to or inside an input folder."""
-  if isinstance(inputs, (str, pathlib.Path)):
-    inputs = [inputs]
   out = pathlib.Path(out_dir).resolve()
-  for item in map(pathlib.Path, inputs):
+  for item in input_items(inputs):
     if item.is_dir():
       folder = item.resolve()
       if out == folder or folder in out.parents:
@@ -379,8 +383,7 @@ def predict_files(model, variables: Any, inputs, out_dir: str | pathlib.Path, co
   batch = int(config.eval_batch_size)
   say = echo or (lambda _: None)
   result = PredictResult()
-  for folder in [pathlib.Path(i) for i in ([inputs] if isinstance(inputs, (str, pathlib.Path))
-                                           else inputs)]:
+  for folder in input_items(inputs):
     subfolders = sorted(d.name for d in folder.iterdir()
                         if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
     if subfolders:  # list_inputs takes a folder's own images only
